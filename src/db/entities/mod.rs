@@ -1,0 +1,1 @@
+//! sea-orm entities for the Aether tables the service reads.
