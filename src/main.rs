@@ -1,1 +1,75 @@
-fn main() {}
+//! The `aether-control` binary: parse config, serve, drain on a signal.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use aether_control::config::Config;
+use aether_control::server;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for an unusable configuration (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = Config::from_args();
+    if let Err(error) = config.validate() {
+        eprintln!("aether-control: configuration error: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("aether-control: cannot listen on {}: {error}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(
+        %address,
+        affinity_store = if config.redis_url.is_some() { "redis" } else { "memory" },
+        database = if config.database_url.is_some() { "configured" } else { "embedded sqlite" },
+        environment = ?config.environment,
+        "aether-control listening (gRPC, reflection, health) after {} ms",
+        started.elapsed().as_millis()
+    );
+    match server::serve(config, listener, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("aether-control: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -2,3 +2,69 @@
 //! production, SQLite for the embedded default).
 
 pub mod entities;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+use crate::error::{StoreError, StoreKind};
+use crate::store::HealthProbe;
+
+/// Classifies a database error: connection and pool problems are worth a
+/// retry, anything else is a bug or bad data.
+pub fn store_error(error: &DbErr) -> StoreError {
+    let detail = error.to_string();
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable { store: StoreKind::Database, detail },
+        _ => StoreError::Internal { store: StoreKind::Database, detail },
+    }
+}
+
+/// The database pool.
+#[derive(Clone)]
+pub struct DbConnection {
+    connection: DatabaseConnection,
+    timeout: Duration,
+}
+
+impl DbConnection {
+    /// Opens the pool lazily (PostgreSQL may be down at start; health says so
+    /// until it answers), then runs the migrations when asked. Migrations
+    /// only create missing tables; a failure there stops the start.
+    pub async fn open(url: &str, timeout: Duration, migrate: bool) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .connect_timeout(timeout)
+            .acquire_timeout(timeout)
+            .max_connections(16)
+            .min_connections(0)
+            .connect_lazy(!migrate)
+            .sqlx_logging(false);
+        let connection = Database::connect(options).await?;
+        if migrate {
+            Migrator::up(&connection, None).await?;
+        }
+        Ok(Self { connection, timeout })
+    }
+
+    /// The sea-orm connection, for queries.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.connection
+    }
+}
+
+#[async_trait]
+impl HealthProbe for DbConnection {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.timeout, self.connection.ping()).await {
+            Ok(result) => result.map_err(|e| store_error(&e)),
+            Err(_) => Err(StoreError::Unavailable { store: StoreKind::Database, detail: "ping timed out".into() }),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! One typed configuration from flags and environment, validated at start.
+//!
+//! Aether's own variable names are used where Aether has them (DATABASE_URL,
+//! REDIS_URL, JWT_SECRET_KEY, ENCRYPTION_KEY, ENVIRONMENT); everything else is
+//! prefixed `AETHER_CONTROL_`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Deployment environment, as Aether names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum Environment {
+    /// Local development: embedded defaults are fine.
+    Development,
+    /// Tests.
+    Test,
+    /// Production: secrets and shared stores are required.
+    Production,
+}
+
+/// When to run the schema migrations (which only create missing tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum MigrateMode {
+    /// SQLite: always; PostgreSQL: never (Aether owns that schema).
+    Auto,
+    /// Always create missing tables.
+    Always,
+    /// Never touch the schema.
+    Never,
+}
+
+/// The service configuration.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "aether-control", version, about = "gRPC control plane for the Aether LLM gateway")]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "AETHER_CONTROL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded SQLite database and generated secrets.
+    #[arg(long, env = "AETHER_CONTROL_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Redis URL (redis://, rediss://, redis-cluster://, redis-sentinel://).
+    /// Absent: affinities are kept in memory (one instance only).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Database URL (postgres:// or sqlite:). Absent: SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Aether's JWT signing secret (admin tokens).
+    #[arg(long, env = "JWT_SECRET_KEY", hide_env_values = true)]
+    pub jwt_secret_key: Option<String>,
+
+    /// Aether's encryption secret for stored API keys.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+
+    /// Deployment environment.
+    #[arg(long, env = "ENVIRONMENT", value_enum, default_value = "development")]
+    pub environment: Environment,
+
+    /// Prefix put before every Redis key, Aether's included. Leave empty
+    /// beside a live Aether; tests use it to isolate runs.
+    #[arg(long, env = "AETHER_CONTROL_REDIS_NAMESPACE", default_value = "")]
+    pub redis_namespace: String,
+
+    /// Redis connections in the pool.
+    #[arg(long, env = "AETHER_CONTROL_REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+
+    /// Timeout of one store call, in milliseconds; past it the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "AETHER_CONTROL_STORE_TIMEOUT_MS", default_value_t = 1000)]
+    pub store_timeout_ms: u64,
+
+    /// How often the stores are probed for health, in milliseconds.
+    #[arg(long, env = "AETHER_CONTROL_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    pub health_interval_ms: u64,
+
+    /// Affinity TTL when SetAffinity gives none, in seconds (Aether: 300).
+    #[arg(long, env = "AETHER_CONTROL_AFFINITY_TTL_SECONDS", default_value_t = 300)]
+    pub affinity_ttl_seconds: u64,
+
+    /// When to create missing tables.
+    #[arg(long, env = "AETHER_CONTROL_DB_MIGRATE", value_enum, default_value = "auto")]
+    pub db_migrate: MigrateMode,
+
+    /// Longest wait for in-flight calls after SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "AETHER_CONTROL_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+}
+
+/// Longest TTL a caller may ask for.
+pub const MAX_AFFINITY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A configuration value that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of its range or malformed.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// The flag / variable.
+        name: &'static str,
+        /// What is wrong, without echoing secrets.
+        reason: String,
+    },
+    /// A value required in this environment is missing.
+    #[error("{name} is required when ENVIRONMENT=production")]
+    RequiredInProduction {
+        /// The variable.
+        name: &'static str,
+    },
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { name, reason: reason.into() }
+}
+
+impl Config {
+    /// Parses flags and environment without validation (see [`Config::validate`]).
+    pub fn from_args() -> Self {
+        Self::parse()
+    }
+
+    /// Checks every value; the first problem is returned with its variable name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url {
+            let known = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(invalid("REDIS_URL", format!("scheme must be one of {}", known.join(", "))));
+            }
+            fred::types::config::Config::from_url(url)
+                .map_err(|e| invalid("REDIS_URL", e.details().to_string()))?;
+        }
+        if let Some(url) = &self.database_url {
+            let known = ["postgres://", "postgresql://", "sqlite:"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(invalid("DATABASE_URL", format!("scheme must be one of {}", known.join(", "))));
+            }
+        }
+        if self.redis_namespace.len() > 64 || self.redis_namespace.chars().any(|c| matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace()) {
+            return Err(invalid(
+                "AETHER_CONTROL_REDIS_NAMESPACE",
+                "at most 64 characters, no whitespace or glob characters",
+            ));
+        }
+        if !(1..=64).contains(&self.redis_pool_size) {
+            return Err(invalid("AETHER_CONTROL_REDIS_POOL_SIZE", "must be 1..=64"));
+        }
+        if !(10..=60_000).contains(&self.store_timeout_ms) {
+            return Err(invalid("AETHER_CONTROL_STORE_TIMEOUT_MS", "must be 10..=60000"));
+        }
+        if !(50..=60_000).contains(&self.health_interval_ms) {
+            return Err(invalid("AETHER_CONTROL_HEALTH_INTERVAL_MS", "must be 50..=60000"));
+        }
+        if self.affinity_ttl_seconds == 0 || self.affinity_ttl_seconds > MAX_AFFINITY_TTL.as_secs() {
+            return Err(invalid("AETHER_CONTROL_AFFINITY_TTL_SECONDS", "must be 1..=604800"));
+        }
+        if self.environment == Environment::Production {
+            self.validate_production()?;
+        }
+        Ok(())
+    }
+
+    /// Production runs beside a live Aether: shared stores and real secrets.
+    fn validate_production(&self) -> Result<(), ConfigError> {
+        match &self.database_url {
+            None => return Err(ConfigError::RequiredInProduction { name: "DATABASE_URL" }),
+            Some(url) if url.starts_with("sqlite:") => {
+                return Err(invalid("DATABASE_URL", "production needs PostgreSQL"));
+            }
+            Some(_) => {}
+        }
+        if self.redis_url.is_none() {
+            return Err(ConfigError::RequiredInProduction { name: "REDIS_URL" });
+        }
+        match &self.jwt_secret_key {
+            None => return Err(ConfigError::RequiredInProduction { name: "JWT_SECRET_KEY" }),
+            Some(secret) if secret.len() < 32 => {
+                return Err(invalid("JWT_SECRET_KEY", "must be at least 32 characters in production"));
+            }
+            Some(_) => {}
+        }
+        if self.encryption_key.is_none() {
+            return Err(ConfigError::RequiredInProduction { name: "ENCRYPTION_KEY" });
+        }
+        Ok(())
+    }
+
+    /// Timeout of one store call.
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+
+    /// Interval between health probes.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+
+    /// Default affinity TTL.
+    pub fn affinity_ttl(&self) -> Duration {
+        Duration::from_secs(self.affinity_ttl_seconds)
+    }
+
+    /// Grace period for draining on shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The database URL in force: the configured one, or SQLite in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("aether-control.db").display()),
+        }
+    }
+
+    /// Whether migrations run for the database in force.
+    pub fn should_migrate(&self) -> bool {
+        match self.db_migrate {
+            MigrateMode::Always => true,
+            MigrateMode::Never => false,
+            MigrateMode::Auto => self.effective_database_url().starts_with("sqlite:"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("aether-control").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_default() {
+        let config = parse(&[]);
+        config.validate().expect("defaults validate");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert!(config.effective_database_url().starts_with("sqlite://data/"));
+        assert!(config.should_migrate());
+        assert_eq!(config.affinity_ttl(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn production_requires_shared_stores_and_secrets() {
+        let err = parse(&["--environment", "production"]).validate().unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        let err = parse(&[
+            "--environment", "production",
+            "--database-url", "postgres://db/aether",
+            "--redis-url", "redis://r:6379/0",
+            "--jwt-secret-key", "short",
+            "--encryption-key", "k",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET_KEY"), "{err}");
+        assert!(!err.to_string().contains("short"), "secrets are never echoed: {err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--redis-url", "http://x"], "REDIS_URL"),
+            (&["--database-url", "mysql://x"], "DATABASE_URL"),
+            (&["--redis-namespace", "a*"], "AETHER_CONTROL_REDIS_NAMESPACE"),
+            (&["--store-timeout-ms", "0"], "AETHER_CONTROL_STORE_TIMEOUT_MS"),
+            (&["--affinity-ttl-seconds", "0"], "AETHER_CONTROL_AFFINITY_TTL_SECONDS"),
+        ];
+        for (args, name) in cases {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.to_string().contains(name), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn postgres_is_not_migrated_by_default() {
+        let config = parse(&["--database-url", "postgres://localhost/aether"]);
+        assert!(!config.should_migrate());
+        let config = parse(&["--database-url", "postgres://localhost/aether", "--db-migrate", "always"]);
+        assert!(config.should_migrate());
+    }
+}

@@ -1,0 +1,417 @@
+//! Cache affinity: the types, Aether's key and JSON value, and the pure rules
+//! of a sliding-TTL write. Stores implement the rules atomically.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MAX_AFFINITY_TTL;
+use crate::domain::validate;
+use crate::error::{Error, Result};
+use crate::store::AffinityStore;
+
+/// Aether's API formats (upper case, as they appear in keys). Requests may
+/// use any case.
+pub const API_FORMATS: &[&str] = &["CLAUDE", "CLAUDE_CLI", "OPENAI", "OPENAI_CLI", "GEMINI", "GEMINI_CLI"];
+
+/// Prefix of every affinity key, Aether's.
+pub const KEY_PREFIX: &str = "cache_affinity:";
+
+/// Normalises an API format name to Aether's upper-case form.
+pub fn parse_api_format(field: &'static str, value: &str) -> Result<String> {
+    let upper = value.trim().to_ascii_uppercase();
+    if API_FORMATS.contains(&upper.as_str()) {
+        Ok(upper)
+    } else if upper.is_empty() {
+        Err(Error::invalid(field, "is required"))
+    } else {
+        Err(Error::invalid(field, format!("must be one of {}", API_FORMATS.join(", "))))
+    }
+}
+
+/// What an affinity is for: a client API key, an API format and a global model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// `api_keys.id` of the caller.
+    pub affinity_key: String,
+    /// Upper-case API format.
+    pub api_format: String,
+    /// `global_models.id`.
+    pub global_model_id: String,
+}
+
+impl AffinityKey {
+    /// Validates the three parts of a key.
+    pub fn parse(affinity_key: &str, api_format: &str, global_model_id: &str) -> Result<Self> {
+        Ok(Self {
+            affinity_key: validate::key_part("affinity_key", affinity_key)?,
+            api_format: parse_api_format("api_format", api_format)?,
+            global_model_id: validate::key_part("global_model_id", global_model_id)?,
+        })
+    }
+
+    /// Aether's Redis key, without any namespace.
+    pub fn redis_key(&self) -> String {
+        format!("{KEY_PREFIX}{}:{}:{}", self.affinity_key, self.api_format, self.global_model_id)
+    }
+}
+
+/// The upstream an affinity pins a request to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinityTarget {
+    /// `providers.id`.
+    pub provider_id: String,
+    /// `provider_endpoints.id`.
+    pub endpoint_id: String,
+    /// `provider_api_keys.id`.
+    pub key_id: String,
+}
+
+/// Aether's JSON value, field for field and in its order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AffinityRecord {
+    /// `providers.id`.
+    pub provider_id: String,
+    /// `provider_endpoints.id`.
+    pub endpoint_id: String,
+    /// `provider_api_keys.id`.
+    pub key_id: String,
+    /// Upper-case API format.
+    pub api_format: String,
+    /// Aether stores the global model id here.
+    pub model_name: String,
+    /// Epoch seconds when the current target was pinned.
+    pub created_at: f64,
+    /// Epoch seconds when the entry expires.
+    pub expire_at: f64,
+    /// Requests served by the current target.
+    pub request_count: i64,
+}
+
+/// Fields of the value that do not change on a refresh, in Aether's order.
+#[derive(Serialize)]
+struct RecordHead<'a> {
+    provider_id: &'a str,
+    endpoint_id: &'a str,
+    key_id: &'a str,
+    api_format: &'a str,
+    model_name: &'a str,
+}
+
+/// serde_json formatter that writes Python `json.dumps` separators
+/// (`", "` and `": "`), so our values are byte-identical to Aether's.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+}
+
+fn to_python_json<T: Serialize>(value: &T) -> String {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    // Serializing plain strings and numbers into a Vec cannot fail.
+    if value.serialize(&mut serializer).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Formats epoch seconds as Python's `repr(float)` does for such values.
+pub fn format_epoch(seconds: f64) -> String {
+    to_python_json(&seconds)
+}
+
+impl AffinityRecord {
+    /// Aether's JSON text for this record.
+    pub fn to_aether_json(&self) -> String {
+        to_python_json(self)
+    }
+
+    /// Parses a value written by Aether or by us. Integers are accepted for
+    /// the timestamps, as Aether tolerates them.
+    pub fn from_json(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// The JSON text up to and including `"created_at": `, for stores that
+    /// finish the value atomically (the Redis script).
+    pub fn json_head(write: &AffinityWrite, api_format: &str) -> String {
+        let head = to_python_json(&RecordHead {
+            provider_id: &write.target.provider_id,
+            endpoint_id: &write.target.endpoint_id,
+            key_id: &write.target.key_id,
+            api_format,
+            model_name: &write.model_name,
+        });
+        let open = head.strip_suffix('}').unwrap_or(&head);
+        format!("{open}, \"created_at\": ")
+    }
+
+    /// The upstream this record pins.
+    pub fn target(&self) -> AffinityTarget {
+        AffinityTarget {
+            provider_id: self.provider_id.clone(),
+            endpoint_id: self.endpoint_id.clone(),
+            key_id: self.key_id.clone(),
+        }
+    }
+
+    /// Whether the entry is still live at `now` (Aether deletes on `now > expire_at`).
+    pub fn is_live(&self, now: f64) -> bool {
+        now <= self.expire_at
+    }
+}
+
+/// One affinity: its key and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Affinity {
+    /// Which client/format/model.
+    pub key: AffinityKey,
+    /// The stored value.
+    pub record: AffinityRecord,
+}
+
+/// A validated SetAffinity.
+#[derive(Clone, Debug)]
+pub struct AffinityWrite {
+    /// Where requests go.
+    pub target: AffinityTarget,
+    /// Stored as `model_name` (Aether: the global model id).
+    pub model_name: String,
+    /// Sliding TTL.
+    pub ttl: Duration,
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// No live entry before.
+    Created,
+    /// Same target: count + 1.
+    Refreshed,
+    /// Different target replaced the entry.
+    Switched {
+        /// Whether the provider changed (else only endpoint or key).
+        provider_changed: bool,
+    },
+}
+
+/// Result of a write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetResult {
+    /// The value now stored.
+    pub record: AffinityRecord,
+    /// What happened.
+    pub outcome: SetOutcome,
+    /// The replaced value, on a switch.
+    pub previous: Option<AffinityRecord>,
+}
+
+/// Applies Aether's write rules to the current value: the one definition of
+/// the sliding-TTL semantics (the Redis script mirrors it).
+pub fn apply_write(current: Option<&AffinityRecord>, key: &AffinityKey, write: &AffinityWrite, now: f64) -> SetResult {
+    let expire_at = now + write.ttl.as_secs_f64();
+    let fresh = |previous: Option<AffinityRecord>, outcome| SetResult {
+        record: AffinityRecord {
+            provider_id: write.target.provider_id.clone(),
+            endpoint_id: write.target.endpoint_id.clone(),
+            key_id: write.target.key_id.clone(),
+            api_format: key.api_format.clone(),
+            model_name: write.model_name.clone(),
+            created_at: now,
+            expire_at,
+            request_count: 1,
+        },
+        outcome,
+        previous,
+    };
+    match current.filter(|record| record.is_live(now)) {
+        None => fresh(None, SetOutcome::Created),
+        Some(old) if old.target() == write.target => {
+            let mut record = fresh(None, SetOutcome::Refreshed).record;
+            record.created_at = old.created_at;
+            record.request_count = old.request_count.saturating_add(1);
+            SetResult { record, outcome: SetOutcome::Refreshed, previous: None }
+        }
+        Some(old) => {
+            let provider_changed = old.provider_id != write.target.provider_id;
+            fresh(Some(old.clone()), SetOutcome::Switched { provider_changed })
+        }
+    }
+}
+
+/// Guards of an invalidation: each one that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvalidationGuard {
+    /// Stored endpoint must equal this.
+    pub endpoint_id: Option<String>,
+    /// Stored key must equal this.
+    pub key_id: Option<String>,
+    /// Stored provider must equal this.
+    pub provider_id: Option<String>,
+}
+
+impl InvalidationGuard {
+    /// Whether the stored record may be deleted.
+    pub fn matches(&self, record: &AffinityRecord) -> bool {
+        let ok = |guard: &Option<String>, actual: &str| guard.as_deref().is_none_or(|g| g == actual);
+        ok(&self.endpoint_id, &record.endpoint_id)
+            && ok(&self.key_id, &record.key_id)
+            && ok(&self.provider_id, &record.provider_id)
+    }
+}
+
+/// Current time as epoch seconds with sub-second precision (Python's `time.time()`).
+pub fn now_epoch() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The affinity use cases, over any [`AffinityStore`].
+#[derive(Clone)]
+pub struct AffinityEngine {
+    store: Arc<dyn AffinityStore>,
+    default_ttl: Duration,
+}
+
+impl AffinityEngine {
+    /// An engine over `store`, using `default_ttl` when a write gives none.
+    pub fn new(store: Arc<dyn AffinityStore>, default_ttl: Duration) -> Self {
+        Self { store, default_ttl }
+    }
+
+    /// The live affinity for `key`.
+    pub async fn get(&self, key: &AffinityKey) -> Result<Affinity> {
+        match self.store.get(key, now_epoch()).await? {
+            Some(record) => Ok(Affinity { key: key.clone(), record }),
+            None => Err(Error::not_found("affinity", key.redis_key())),
+        }
+    }
+
+    /// Records a write; validates the target and TTL.
+    pub async fn set(
+        &self,
+        key: &AffinityKey,
+        target: AffinityTarget,
+        model_name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<SetResult> {
+        let target = AffinityTarget {
+            provider_id: validate::key_part("provider_id", &target.provider_id)?,
+            endpoint_id: validate::key_part("endpoint_id", &target.endpoint_id)?,
+            key_id: validate::key_part("key_id", &target.key_id)?,
+        };
+        let model_name = if model_name.is_empty() {
+            key.global_model_id.clone()
+        } else {
+            validate::key_part("model_name", model_name)?
+        };
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        if ttl < Duration::from_secs(1) || ttl > MAX_AFFINITY_TTL {
+            return Err(Error::invalid("ttl", "must be between 1s and 7 days"));
+        }
+        let write = AffinityWrite { target, model_name, ttl };
+        Ok(self.store.set(key, &write, now_epoch()).await?)
+    }
+
+    /// Deletes the entry when the guards match; returns the deleted value.
+    pub async fn invalidate(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<AffinityRecord>> {
+        Ok(self.store.invalidate(key, guard).await?)
+    }
+
+    /// The TTL used when a write gives none.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AffinityKey {
+        AffinityKey::parse("ak", "claude", "gm").expect("valid key")
+    }
+
+    fn write(provider: &str, endpoint: &str) -> AffinityWrite {
+        AffinityWrite {
+            target: AffinityTarget { provider_id: provider.into(), endpoint_id: endpoint.into(), key_id: "k".into() },
+            model_name: "gm".into(),
+            ttl: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn key_is_aethers_with_upper_case_format() {
+        assert_eq!(key().redis_key(), "cache_affinity:ak:CLAUDE:gm");
+        assert!(AffinityKey::parse("ak", "cobol", "gm").is_err());
+    }
+
+    #[test]
+    fn json_matches_python_json_dumps() {
+        let record = AffinityRecord {
+            provider_id: "p".into(),
+            endpoint_id: "e".into(),
+            key_id: "k".into(),
+            api_format: "CLAUDE".into(),
+            model_name: "gm".into(),
+            created_at: 1735689600.0,
+            expire_at: 1735689900.123456,
+            request_count: 3,
+        };
+        let text = record.to_aether_json();
+        assert_eq!(
+            text,
+            r#"{"provider_id": "p", "endpoint_id": "e", "key_id": "k", "api_format": "CLAUDE", "model_name": "gm", "created_at": 1735689600.0, "expire_at": 1735689900.123456, "request_count": 3}"#
+        );
+        assert_eq!(AffinityRecord::from_json(&text), Some(record));
+        let head = AffinityRecord::json_head(&write("p", "e"), "CLAUDE");
+        assert!(text.starts_with(&head), "{head}");
+    }
+
+    #[test]
+    fn integer_timestamps_are_accepted() {
+        let text = r#"{"provider_id": "p", "endpoint_id": "e", "key_id": "k", "api_format": "CLAUDE", "model_name": "gm", "created_at": 1735689600, "expire_at": 1735689900, "request_count": 1}"#;
+        assert_eq!(AffinityRecord::from_json(text).map(|r| r.expire_at), Some(1735689900.0));
+    }
+
+    #[test]
+    fn write_rules_follow_aether() {
+        let created = apply_write(None, &key(), &write("p", "e"), 100.0);
+        assert_eq!(created.outcome, SetOutcome::Created);
+        assert_eq!((created.record.request_count, created.record.expire_at), (1, 400.0));
+
+        let refreshed = apply_write(Some(&created.record), &key(), &write("p", "e"), 150.0);
+        assert_eq!(refreshed.outcome, SetOutcome::Refreshed);
+        assert_eq!((refreshed.record.request_count, refreshed.record.created_at), (2, 100.0));
+        assert_eq!(refreshed.record.expire_at, 450.0);
+
+        let switched = apply_write(Some(&refreshed.record), &key(), &write("p", "e2"), 160.0);
+        assert_eq!(switched.outcome, SetOutcome::Switched { provider_changed: false });
+        assert_eq!((switched.record.request_count, switched.record.created_at), (1, 160.0));
+        assert_eq!(switched.previous, Some(refreshed.record.clone()));
+
+        let expired = apply_write(Some(&refreshed.record), &key(), &write("p2", "e"), 10_000.0);
+        assert_eq!(expired.outcome, SetOutcome::Created);
+    }
+
+    #[test]
+    fn guards_must_all_match() {
+        let record = apply_write(None, &key(), &write("p", "e"), 0.0).record;
+        assert!(InvalidationGuard::default().matches(&record));
+        let guard = InvalidationGuard { endpoint_id: Some("e".into()), key_id: Some("k".into()), provider_id: None };
+        assert!(guard.matches(&record));
+        let guard = InvalidationGuard { endpoint_id: Some("e".into()), key_id: Some("other".into()), provider_id: None };
+        assert!(!guard.matches(&record));
+    }
+}

@@ -1,0 +1,5 @@
+//! Domain logic: no tonic, no fred, no sea-orm types here. Stores are reached
+//! through the traits in `crate::store`.
+
+pub mod affinity;
+pub mod validate;

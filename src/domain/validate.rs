@@ -1,0 +1,49 @@
+//! Checks on caller-supplied identifiers, shared by every service.
+
+use crate::error::{Error, Result};
+
+/// Longest identifier accepted (Aether's ids are 36-byte uuid4 text).
+pub const MAX_IDENTIFIER_LEN: usize = 255;
+
+/// A required opaque identifier: 1..=255 bytes, no whitespace or control
+/// characters, and no `:` (the Redis key separator, which would make keys
+/// ambiguous). Glob characters are allowed: keys are never used as patterns
+/// unescaped.
+pub fn key_part(field: &'static str, value: &str) -> Result<String> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if value.len() > MAX_IDENTIFIER_LEN {
+        return Err(Error::invalid(field, format!("must be at most {MAX_IDENTIFIER_LEN} bytes")));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(field, "must not contain whitespace or control characters"));
+    }
+    if value.contains(':') {
+        return Err(Error::invalid(field, "must not contain ':'"));
+    }
+    Ok(value.to_owned())
+}
+
+/// An optional identifier: empty means absent, otherwise as [`key_part`].
+pub fn optional_key_part(field: &'static str, value: Option<&str>) -> Result<Option<String>> {
+    value.map(|v| key_part(field, v)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_uuid_and_glob_characters() {
+        assert!(key_part("f", "11111111-2222-4333-8444-555555555555").is_ok());
+        assert!(key_part("f", "a*b?c[d]").is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_separator_and_whitespace() {
+        for bad in ["", "a:b", "a b", "a\nb", &"x".repeat(256)] {
+            assert!(key_part("f", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Wiring: open the stores, build the services, serve until shutdown, drain.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::db::DbConnection;
+use crate::domain::affinity::AffinityEngine;
+use crate::grpc::affinity::AffinityGrpc;
+use crate::grpc::model_mapping::ModelMappingGrpc;
+use crate::grpc::user::UserGrpc;
+use crate::health::{self, HealthPlan};
+use crate::proto::affinity_service_server::AffinityServiceServer;
+use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
+use crate::proto::user_service_server::UserServiceServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::store::memory::MemoryAffinityStore;
+use crate::store::redis::{RedisAffinityStore, RedisConnection};
+use crate::store::{AffinityStore, HealthProbe};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database cannot be opened or migrated.
+    #[error("database: {0}")]
+    Database(String),
+    /// Redis is misconfigured.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// Reflection could not load the descriptors (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The transport failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The opened stores.
+struct Stores {
+    affinity: Arc<dyn AffinityStore>,
+    health: HealthPlan,
+}
+
+async fn open_stores(config: &Config) -> Result<Stores, StartError> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+    }
+    let database = DbConnection::open(&config.effective_database_url(), config.store_timeout(), config.should_migrate())
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    let (affinity, redis): (Arc<dyn AffinityStore>, Option<Arc<dyn HealthProbe>>) = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisConnection::connect(url, config.redis_pool_size, config.store_timeout(), &config.redis_namespace)
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+            if !redis.wait_connected(config.store_timeout()).await {
+                tracing::warn!("redis is not reachable yet; serving NOT_SERVING until it is");
+            }
+            (Arc::new(RedisAffinityStore::new(redis.clone())), Some(Arc::new(redis)))
+        }
+        None => (Arc::new(MemoryAffinityStore::new()), None),
+    };
+    Ok(Stores { affinity, health: HealthPlan::new(Arc::new(database), redis) })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting,
+/// reports NOT_SERVING and waits up to the grace period for calls in flight.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let stores = open_stores(&config).await?;
+    let engine = AffinityEngine::new(stores.affinity, config.affinity_ttl());
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    for name in stores.health.service_names() {
+        reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let monitor = tokio::spawn(health::monitor(reporter, stores.health, config.health_interval(), stop_rx));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let grace = config.shutdown_grace();
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining in-flight calls");
+        let _ = stop_tx.send(true);
+        let _ = drain_tx.send(true);
+    };
+
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AffinityServiceServer::new(AffinityGrpc::new(engine)))
+        .add_service(UserServiceServer::new(UserGrpc))
+        .add_service(ModelMappingServiceServer::new(ModelMappingGrpc))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    let result = tokio::select! {
+        result = server => result.map_err(StartError::from),
+        () = grace_expired(drain_rx, grace) => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "drain grace period expired; closing remaining calls");
+            Ok(())
+        }
+    };
+    monitor.abort();
+    result
+}
+
+/// Resolves `grace` after the drain starts.
+async fn grace_expired(mut drain: watch::Receiver<bool>, grace: Duration) {
+    if drain.wait_for(|draining| *draining).await.is_err() {
+        // The sender lives as long as the server future; without it there
+        // is nothing to wait for.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
