@@ -36,7 +36,11 @@ pub enum MigrateMode {
 
 /// The service configuration.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "aether-control", version, about = "gRPC control plane for the Aether LLM gateway")]
+#[command(
+    name = "aether-control",
+    version,
+    about = "gRPC control plane for the Aether LLM gateway"
+)]
 pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "AETHER_CONTROL_LISTEN", default_value = "127.0.0.1:50051")]
@@ -94,7 +98,7 @@ pub struct Config {
     pub db_migrate: MigrateMode,
 
     /// Longest wait for in-flight calls after SIGTERM/SIGINT, in seconds.
-    #[arg(long, env = "AETHER_CONTROL_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "AETHER_CONTROL_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 }
 
@@ -121,7 +125,10 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name, reason: reason.into() }
+    ConfigError::Invalid {
+        name,
+        reason: reason.into(),
+    }
 }
 
 impl Config {
@@ -135,18 +142,28 @@ impl Config {
         if let Some(url) = &self.redis_url {
             let known = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(invalid("REDIS_URL", format!("scheme must be one of {}", known.join(", "))));
+                return Err(invalid(
+                    "REDIS_URL",
+                    format!("scheme must be one of {}", known.join(", ")),
+                ));
             }
-            fred::types::config::Config::from_url(url)
-                .map_err(|e| invalid("REDIS_URL", e.details().to_string()))?;
+            fred::types::config::Config::from_url(url).map_err(|e| invalid("REDIS_URL", e.details().to_string()))?;
         }
         if let Some(url) = &self.database_url {
             let known = ["postgres://", "postgresql://", "sqlite:"];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {
-                return Err(invalid("DATABASE_URL", format!("scheme must be one of {}", known.join(", "))));
+                return Err(invalid(
+                    "DATABASE_URL",
+                    format!("scheme must be one of {}", known.join(", ")),
+                ));
             }
         }
-        if self.redis_namespace.len() > 64 || self.redis_namespace.chars().any(|c| matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace()) {
+        if self.redis_namespace.len() > 64
+            || self
+                .redis_namespace
+                .chars()
+                .any(|c| matches!(c, '*' | '?' | '[' | ']' | '\\') || c.is_whitespace())
+        {
             return Err(invalid(
                 "AETHER_CONTROL_REDIS_NAMESPACE",
                 "at most 64 characters, no whitespace or glob characters",
@@ -185,7 +202,10 @@ impl Config {
         match &self.jwt_secret_key {
             None => return Err(ConfigError::RequiredInProduction { name: "JWT_SECRET_KEY" }),
             Some(secret) if secret.len() < 32 => {
-                return Err(invalid("JWT_SECRET_KEY", "must be at least 32 characters in production"));
+                return Err(invalid(
+                    "JWT_SECRET_KEY",
+                    "must be at least 32 characters in production",
+                ));
             }
             Some(_) => {}
         }
@@ -219,7 +239,10 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("aether-control.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("aether-control.db").display()
+            ),
         }
     }
 
@@ -238,8 +261,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("aether-control").chain(args.iter().copied()))
-            .expect("flags parse")
+        Config::try_parse_from(std::iter::once("aether-control").chain(args.iter().copied())).expect("flags parse")
     }
 
     #[test]
@@ -257,11 +279,16 @@ mod tests {
         let err = parse(&["--environment", "production"]).validate().unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
         let err = parse(&[
-            "--environment", "production",
-            "--database-url", "postgres://db/aether",
-            "--redis-url", "redis://r:6379/0",
-            "--jwt-secret-key", "short",
-            "--encryption-key", "k",
+            "--environment",
+            "production",
+            "--database-url",
+            "postgres://db/aether",
+            "--redis-url",
+            "redis://r:6379/0",
+            "--jwt-secret-key",
+            "short",
+            "--encryption-key",
+            "k",
         ])
         .validate()
         .unwrap_err();
@@ -288,7 +315,12 @@ mod tests {
     fn postgres_is_not_migrated_by_default() {
         let config = parse(&["--database-url", "postgres://localhost/aether"]);
         assert!(!config.should_migrate());
-        let config = parse(&["--database-url", "postgres://localhost/aether", "--db-migrate", "always"]);
+        let config = parse(&[
+            "--database-url",
+            "postgres://localhost/aether",
+            "--db-migrate",
+            "always",
+        ]);
         assert!(config.should_migrate());
     }
 }

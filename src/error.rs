@@ -90,12 +90,18 @@ pub const RETRY_DELAY: Duration = Duration::from_secs(1);
 impl Error {
     /// Shorthand for an invalid field.
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
-        Self::InvalidArgument { field, description: description.into() }
+        Self::InvalidArgument {
+            field,
+            description: description.into(),
+        }
     }
 
     /// Shorthand for a missing resource.
     pub fn not_found(resource_type: &'static str, resource_name: impl Into<String>) -> Self {
-        Self::NotFound { resource_type, resource_name: resource_name.into() }
+        Self::NotFound {
+            resource_type,
+            resource_name: resource_name.into(),
+        }
     }
 }
 

@@ -37,9 +37,18 @@ impl HealthPlan {
             1
         });
         let services = vec![
-            ServiceDependencies { service: affinity_service_server::SERVICE_NAME, needs: redis_index.into_iter().collect() },
-            ServiceDependencies { service: user_service_server::SERVICE_NAME, needs: vec![0] },
-            ServiceDependencies { service: model_mapping_service_server::SERVICE_NAME, needs: vec![0] },
+            ServiceDependencies {
+                service: affinity_service_server::SERVICE_NAME,
+                needs: redis_index.into_iter().collect(),
+            },
+            ServiceDependencies {
+                service: user_service_server::SERVICE_NAME,
+                needs: vec![0],
+            },
+            ServiceDependencies {
+                service: model_mapping_service_server::SERVICE_NAME,
+                needs: vec![0],
+            },
         ];
         Self { probes, services }
     }
@@ -84,5 +93,9 @@ pub async fn monitor(reporter: HealthReporter, plan: HealthPlan, interval: Durat
 }
 
 fn status(ok: bool) -> ServingStatus {
-    if ok { ServingStatus::Serving } else { ServingStatus::NotServing }
+    if ok {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
 }

@@ -1,7 +1,6 @@
 //! The `aether-control` binary: parse config, serve, drain on a signal.
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use aether_control::config::Config;
 use aether_control::server;
@@ -12,10 +11,10 @@ const EXIT_CONFIG: u8 = 78;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let started = Instant::now();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = Config::from_args();
@@ -30,15 +29,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    tracing::info!(
-        %address,
-        affinity_store = if config.redis_url.is_some() { "redis" } else { "memory" },
-        database = if config.database_url.is_some() { "configured" } else { "embedded sqlite" },
-        environment = ?config.environment,
-        "aether-control listening (gRPC, reflection, health) after {} ms",
-        started.elapsed().as_millis()
-    );
     match server::serve(config, listener, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -16,10 +16,10 @@ use crate::grpc::affinity::AffinityGrpc;
 use crate::grpc::model_mapping::ModelMappingGrpc;
 use crate::grpc::user::UserGrpc;
 use crate::health::{self, HealthPlan};
+use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::affinity_service_server::AffinityServiceServer;
 use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::store::memory::MemoryAffinityStore;
 use crate::store::redis::{RedisAffinityStore, RedisConnection};
 use crate::store::{AffinityStore, HealthProbe};
@@ -62,13 +62,22 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
             source,
         })?;
     }
-    let database = DbConnection::open(&config.effective_database_url(), config.store_timeout(), config.should_migrate())
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
+    let database = DbConnection::open(
+        &config.effective_database_url(),
+        config.store_timeout(),
+        config.should_migrate(),
+    )
+    .await
+    .map_err(|e| StartError::Database(e.to_string()))?;
     let (affinity, redis): (Arc<dyn AffinityStore>, Option<Arc<dyn HealthProbe>>) = match &config.redis_url {
         Some(url) => {
-            let redis = RedisConnection::connect(url, config.redis_pool_size, config.store_timeout(), &config.redis_namespace)
-                .map_err(|e| StartError::Redis(e.to_string()))?;
+            let redis = RedisConnection::connect(
+                url,
+                config.redis_pool_size,
+                config.store_timeout(),
+                &config.redis_namespace,
+            )
+            .map_err(|e| StartError::Redis(e.to_string()))?;
             if !redis.wait_connected(config.store_timeout()).await {
                 tracing::warn!("redis is not reachable yet; serving NOT_SERVING until it is");
             }
@@ -76,7 +85,10 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
         }
         None => (Arc::new(MemoryAffinityStore::new()), None),
     };
-    Ok(Stores { affinity, health: HealthPlan::new(Arc::new(database), redis) })
+    Ok(Stores {
+        affinity,
+        health: HealthPlan::new(Arc::new(database), redis),
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,
@@ -91,10 +103,17 @@ pub async fn serve(
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     for name in stores.health.service_names() {
-        reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let monitor = tokio::spawn(health::monitor(reporter, stores.health, config.health_interval(), stop_rx));
+    let monitor = tokio::spawn(health::monitor(
+        reporter,
+        stores.health,
+        config.health_interval(),
+        stop_rx,
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -107,6 +126,16 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(
+        %address,
+        affinity_store = if config.redis_url.is_some() { "redis" } else { "memory" },
+        database = if config.database_url.is_some() { "configured" } else { "embedded sqlite" },
+        environment = ?config.environment,
+        "aether-control serving gRPC (health, reflection v1 + v1alpha)"
+    );
     let grace = config.shutdown_grace();
     let (drain_tx, drain_rx) = watch::channel(false);
     let signal = async move {

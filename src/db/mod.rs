@@ -17,8 +17,14 @@ use crate::store::HealthProbe;
 pub fn store_error(error: &DbErr) -> StoreError {
     let detail = error.to_string();
     match error {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable { store: StoreKind::Database, detail },
-        _ => StoreError::Internal { store: StoreKind::Database, detail },
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable {
+            store: StoreKind::Database,
+            detail,
+        },
+        _ => StoreError::Internal {
+            store: StoreKind::Database,
+            detail,
+        },
     }
 }
 
@@ -64,7 +70,10 @@ impl HealthProbe for DbConnection {
     async fn probe(&self) -> Result<(), StoreError> {
         match tokio::time::timeout(self.timeout, self.connection.ping()).await {
             Ok(result) => result.map_err(|e| store_error(&e)),
-            Err(_) => Err(StoreError::Unavailable { store: StoreKind::Database, detail: "ping timed out".into() }),
+            Err(_) => Err(StoreError::Unavailable {
+                store: StoreKind::Database,
+                detail: "ping timed out".into(),
+            }),
         }
     }
 }

@@ -26,7 +26,10 @@ pub fn parse_api_format(field: &'static str, value: &str) -> Result<String> {
     } else if upper.is_empty() {
         Err(Error::invalid(field, "is required"))
     } else {
-        Err(Error::invalid(field, format!("must be one of {}", API_FORMATS.join(", "))))
+        Err(Error::invalid(
+            field,
+            format!("must be one of {}", API_FORMATS.join(", ")),
+        ))
     }
 }
 
@@ -53,7 +56,10 @@ impl AffinityKey {
 
     /// Aether's Redis key, without any namespace.
     pub fn redis_key(&self) -> String {
-        format!("{KEY_PREFIX}{}:{}:{}", self.affinity_key, self.api_format, self.global_model_id)
+        format!(
+            "{KEY_PREFIX}{}:{}:{}",
+            self.affinity_key, self.api_format, self.global_model_id
+        )
     }
 }
 
@@ -242,7 +248,11 @@ pub fn apply_write(current: Option<&AffinityRecord>, key: &AffinityKey, write: &
             let mut record = fresh(None, SetOutcome::Refreshed).record;
             record.created_at = old.created_at;
             record.request_count = old.request_count.saturating_add(1);
-            SetResult { record, outcome: SetOutcome::Refreshed, previous: None }
+            SetResult {
+                record,
+                outcome: SetOutcome::Refreshed,
+                previous: None,
+            }
         }
         Some(old) => {
             let provider_changed = old.provider_id != write.target.provider_id;
@@ -274,7 +284,9 @@ impl InvalidationGuard {
 
 /// Current time as epoch seconds with sub-second precision (Python's `time.time()`).
 pub fn now_epoch() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The affinity use cases, over any [`AffinityStore`].
@@ -293,7 +305,10 @@ impl AffinityEngine {
     /// The live affinity for `key`.
     pub async fn get(&self, key: &AffinityKey) -> Result<Affinity> {
         match self.store.get(key, now_epoch()).await? {
-            Some(record) => Ok(Affinity { key: key.clone(), record }),
+            Some(record) => Ok(Affinity {
+                key: key.clone(),
+                record,
+            }),
             None => Err(Error::not_found("affinity", key.redis_key())),
         }
     }
@@ -320,7 +335,11 @@ impl AffinityEngine {
         if ttl < Duration::from_secs(1) || ttl > MAX_AFFINITY_TTL {
             return Err(Error::invalid("ttl", "must be between 1s and 7 days"));
         }
-        let write = AffinityWrite { target, model_name, ttl };
+        let write = AffinityWrite {
+            target,
+            model_name,
+            ttl,
+        };
         Ok(self.store.set(key, &write, now_epoch()).await?)
     }
 
@@ -345,7 +364,11 @@ mod tests {
 
     fn write(provider: &str, endpoint: &str) -> AffinityWrite {
         AffinityWrite {
-            target: AffinityTarget { provider_id: provider.into(), endpoint_id: endpoint.into(), key_id: "k".into() },
+            target: AffinityTarget {
+                provider_id: provider.into(),
+                endpoint_id: endpoint.into(),
+                key_id: "k".into(),
+            },
             model_name: "gm".into(),
             ttl: Duration::from_secs(300),
         }
@@ -393,11 +416,19 @@ mod tests {
 
         let refreshed = apply_write(Some(&created.record), &key(), &write("p", "e"), 150.0);
         assert_eq!(refreshed.outcome, SetOutcome::Refreshed);
-        assert_eq!((refreshed.record.request_count, refreshed.record.created_at), (2, 100.0));
+        assert_eq!(
+            (refreshed.record.request_count, refreshed.record.created_at),
+            (2, 100.0)
+        );
         assert_eq!(refreshed.record.expire_at, 450.0);
 
         let switched = apply_write(Some(&refreshed.record), &key(), &write("p", "e2"), 160.0);
-        assert_eq!(switched.outcome, SetOutcome::Switched { provider_changed: false });
+        assert_eq!(
+            switched.outcome,
+            SetOutcome::Switched {
+                provider_changed: false
+            }
+        );
         assert_eq!((switched.record.request_count, switched.record.created_at), (1, 160.0));
         assert_eq!(switched.previous, Some(refreshed.record.clone()));
 
@@ -409,9 +440,17 @@ mod tests {
     fn guards_must_all_match() {
         let record = apply_write(None, &key(), &write("p", "e"), 0.0).record;
         assert!(InvalidationGuard::default().matches(&record));
-        let guard = InvalidationGuard { endpoint_id: Some("e".into()), key_id: Some("k".into()), provider_id: None };
+        let guard = InvalidationGuard {
+            endpoint_id: Some("e".into()),
+            key_id: Some("k".into()),
+            provider_id: None,
+        };
         assert!(guard.matches(&record));
-        let guard = InvalidationGuard { endpoint_id: Some("e".into()), key_id: Some("other".into()), provider_id: None };
+        let guard = InvalidationGuard {
+            endpoint_id: Some("e".into()),
+            key_id: Some("other".into()),
+            provider_id: None,
+        };
         assert!(!guard.matches(&record));
     }
 }

@@ -2,4 +2,5 @@
 //! through the traits in `crate::store`.
 
 pub mod affinity;
+pub mod crypto;
 pub mod validate;

@@ -14,10 +14,16 @@ pub fn key_part(field: &'static str, value: &str) -> Result<String> {
         return Err(Error::invalid(field, "is required"));
     }
     if value.len() > MAX_IDENTIFIER_LEN {
-        return Err(Error::invalid(field, format!("must be at most {MAX_IDENTIFIER_LEN} bytes")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_IDENTIFIER_LEN} bytes"),
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::invalid(field, "must not contain whitespace or control characters"));
+        return Err(Error::invalid(
+            field,
+            "must not contain whitespace or control characters",
+        ));
     }
     if value.contains(':') {
         return Err(Error::invalid(field, "must not contain ':'"));

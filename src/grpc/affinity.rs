@@ -27,17 +27,29 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<WatchAffinityEventsResponse,
 
 #[tonic::async_trait]
 impl AffinityService for AffinityGrpc {
-    async fn get_affinity(&self, request: Request<GetAffinityRequest>) -> Result<Response<GetAffinityResponse>, Status> {
+    async fn get_affinity(
+        &self,
+        request: Request<GetAffinityRequest>,
+    ) -> Result<Response<GetAffinityResponse>, Status> {
         let r = request.into_inner();
         let key = AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id)?;
         let found = self.engine.get(&key).await?;
-        Ok(Response::new(GetAffinityResponse { affinity: Some((&found).into()) }))
+        Ok(Response::new(GetAffinityResponse {
+            affinity: Some((&found).into()),
+        }))
     }
 
-    async fn set_affinity(&self, request: Request<SetAffinityRequest>) -> Result<Response<SetAffinityResponse>, Status> {
+    async fn set_affinity(
+        &self,
+        request: Request<SetAffinityRequest>,
+    ) -> Result<Response<SetAffinityResponse>, Status> {
         let r = request.into_inner();
         let key = AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id)?;
-        let target = AffinityTarget { provider_id: r.provider_id, endpoint_id: r.endpoint_id, key_id: r.key_id };
+        let target = AffinityTarget {
+            provider_id: r.provider_id,
+            endpoint_id: r.endpoint_id,
+            key_id: r.key_id,
+        };
         let ttl = convert::duration("ttl", r.ttl)?;
         let result = self.engine.set(&key, target, &r.model_name, ttl).await?;
         Ok(Response::new(SetAffinityResponse {
@@ -65,7 +77,10 @@ impl AffinityService for AffinityGrpc {
         }))
     }
 
-    async fn get_affinity_stats(&self, _: Request<GetAffinityStatsRequest>) -> Result<Response<GetAffinityStatsResponse>, Status> {
+    async fn get_affinity_stats(
+        &self,
+        _: Request<GetAffinityStatsRequest>,
+    ) -> Result<Response<GetAffinityStatsResponse>, Status> {
         not_yet("aether.control.v1.AffinityService/GetAffinityStats")
     }
 
@@ -76,7 +91,10 @@ impl AffinityService for AffinityGrpc {
         not_yet("aether.control.v1.AffinityService/ListUserAffinities")
     }
 
-    async fn list_affinities(&self, _: Request<ListAffinitiesRequest>) -> Result<Response<ListAffinitiesResponse>, Status> {
+    async fn list_affinities(
+        &self,
+        _: Request<ListAffinitiesRequest>,
+    ) -> Result<Response<ListAffinitiesResponse>, Status> {
         not_yet("aether.control.v1.AffinityService/ListAffinities")
     }
 
@@ -87,7 +105,10 @@ impl AffinityService for AffinityGrpc {
         not_yet("aether.control.v1.AffinityService/ClearUserAffinities")
     }
 
-    async fn delete_affinity(&self, _: Request<DeleteAffinityRequest>) -> Result<Response<DeleteAffinityResponse>, Status> {
+    async fn delete_affinity(
+        &self,
+        _: Request<DeleteAffinityRequest>,
+    ) -> Result<Response<DeleteAffinityResponse>, Status> {
         not_yet("aether.control.v1.AffinityService/DeleteAffinity")
     }
 
@@ -112,7 +133,10 @@ impl AffinityService for AffinityGrpc {
         not_yet("aether.control.v1.AffinityService/GetAffinityConfig")
     }
 
-    async fn export_metrics(&self, _: Request<ExportMetricsRequest>) -> Result<Response<ExportMetricsResponse>, Status> {
+    async fn export_metrics(
+        &self,
+        _: Request<ExportMetricsRequest>,
+    ) -> Result<Response<ExportMetricsResponse>, Status> {
         not_yet("aether.control.v1.AffinityService/ExportMetrics")
     }
 

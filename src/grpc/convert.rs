@@ -11,7 +11,10 @@ use crate::proto;
 /// Epoch seconds (Aether's floats) as a Timestamp, to the microsecond.
 pub fn timestamp(epoch_seconds: f64) -> Timestamp {
     let micros = (epoch_seconds * 1e6).round() as i64;
-    Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32 }
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
 }
 
 /// A proto Duration as a std Duration; negative or out-of-range values are
@@ -30,7 +33,10 @@ pub fn duration(field: &'static str, value: Option<prost_types::Duration>) -> Re
 
 /// A std Duration as a proto Duration.
 pub fn proto_duration(value: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: value.as_secs() as i64, nanos: value.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: value.as_secs() as i64,
+        nanos: value.subsec_nanos() as i32,
+    }
 }
 
 /// One affinity as the proto message.
@@ -71,8 +77,20 @@ mod tests {
 
     #[test]
     fn epoch_floats_keep_microseconds() {
-        assert_eq!(timestamp(1735689600.25), Timestamp { seconds: 1735689600, nanos: 250_000_000 });
-        assert_eq!(timestamp(-0.5), Timestamp { seconds: -1, nanos: 500_000_000 });
+        assert_eq!(
+            timestamp(1735689600.25),
+            Timestamp {
+                seconds: 1735689600,
+                nanos: 250_000_000
+            }
+        );
+        assert_eq!(
+            timestamp(-0.5),
+            Timestamp {
+                seconds: -1,
+                nanos: 500_000_000
+            }
+        );
     }
 
     #[test]

@@ -19,12 +19,18 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, description } => {
                 let mut details = ErrorDetails::with_bad_request_violation(field, description.clone());
                 details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
-                Status::with_error_details(Code::InvalidArgument, format!("invalid {field}: {description}"), details)
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid {field}: {description}"),
+                    details,
+                )
             }
-            Error::NotFound { resource_type, resource_name } => {
+            Error::NotFound {
+                resource_type,
+                resource_name,
+            } => {
                 let message = format!("{resource_type} not found");
-                let mut details =
-                    ErrorDetails::with_resource_info(resource_type, resource_name, "", message.clone());
+                let mut details = ErrorDetails::with_resource_info(resource_type, resource_name, "", message.clone());
                 details.set_error_info("NOT_FOUND", ERROR_DOMAIN, HashMap::new());
                 Status::with_error_details(Code::NotFound, message, details)
             }
@@ -89,6 +95,13 @@ mod tests {
     fn not_found_carries_resource_info() {
         let status = Status::from(Error::not_found("affinity", "k"));
         assert_eq!(status.code(), Code::NotFound);
-        assert_eq!(status.get_error_details().resource_info().expect("ResourceInfo").resource_name, "k");
+        assert_eq!(
+            status
+                .get_error_details()
+                .resource_info()
+                .expect("ResourceInfo")
+                .resource_name,
+            "k"
+        );
     }
 }

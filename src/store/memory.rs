@@ -52,7 +52,10 @@ impl AffinityStore for MemoryAffinityStore {
     async fn get(&self, key: &AffinityKey, now: f64) -> Result<Option<AffinityRecord>, StoreError> {
         let entries = self.lock()?;
         let instant = Instant::now();
-        Ok(entries.get(key).filter(|e| live(e, now, instant)).map(|e| e.record.clone()))
+        Ok(entries
+            .get(key)
+            .filter(|e| live(e, now, instant))
+            .map(|e| e.record.clone()))
     }
 
     async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError> {
@@ -61,15 +64,31 @@ impl AffinityStore for MemoryAffinityStore {
         let current = entries.get(key).filter(|e| live(e, now, instant)).map(|e| &e.record);
         let result = apply_write(current, key, write, now);
         let evict_at = instant + write.ttl.max(Duration::from_millis(1));
-        entries.insert(key.clone(), Entry { record: result.record.clone(), evict_at });
+        entries.insert(
+            key.clone(),
+            Entry {
+                record: result.record.clone(),
+                evict_at,
+            },
+        );
         Ok(result)
     }
 
-    async fn invalidate(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<AffinityRecord>, StoreError> {
+    async fn invalidate(
+        &self,
+        key: &AffinityKey,
+        guard: &InvalidationGuard,
+    ) -> Result<Option<AffinityRecord>, StoreError> {
         let mut entries = self.lock()?;
         let instant = Instant::now();
         // Like Redis: any value still present may be deleted, expired or not.
-        let deletable = entries.get(key).is_some_and(|e| instant < e.evict_at && guard.matches(&e.record));
-        Ok(if deletable { entries.remove(key).map(|e| e.record) } else { None })
+        let deletable = entries
+            .get(key)
+            .is_some_and(|e| instant < e.evict_at && guard.matches(&e.record));
+        Ok(if deletable {
+            entries.remove(key).map(|e| e.record)
+        } else {
+            None
+        })
     }
 }

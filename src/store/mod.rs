@@ -27,7 +27,11 @@ pub trait AffinityStore: Send + Sync + 'static {
 
     /// Deletes `key` if the guards match its live value, atomically; returns
     /// the deleted value.
-    async fn invalidate(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<AffinityRecord>, StoreError>;
+    async fn invalidate(
+        &self,
+        key: &AffinityKey,
+        guard: &InvalidationGuard,
+    ) -> Result<Option<AffinityRecord>, StoreError>;
 }
 
 /// Something whose reachability decides the service's health.

@@ -77,8 +77,14 @@ fn store_error(error: &RedisError) -> StoreError {
         | ErrorKind::Routing
         | ErrorKind::Sentinel
         | ErrorKind::Tls
-        | ErrorKind::Auth => StoreError::Unavailable { store: StoreKind::Redis, detail },
-        _ => StoreError::Internal { store: StoreKind::Redis, detail },
+        | ErrorKind::Auth => StoreError::Unavailable {
+            store: StoreKind::Redis,
+            detail,
+        },
+        _ => StoreError::Internal {
+            store: StoreKind::Redis,
+            detail,
+        },
     }
 }
 
@@ -93,7 +99,10 @@ impl RedisConnection {
     /// Builds the pool and starts connecting. It does not wait for Redis:
     /// the service starts NOT_SERVING and recovers when Redis comes up.
     pub fn connect(url: &str, pool_size: usize, timeout: Duration, namespace: &str) -> Result<Self, StoreError> {
-        let config = RedisConfig { fail_fast: false, ..RedisConfig::from_url(url).map_err(|e| store_error(&e))? };
+        let config = RedisConfig {
+            fail_fast: false,
+            ..RedisConfig::from_url(url).map_err(|e| store_error(&e))?
+        };
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;
@@ -106,12 +115,17 @@ impl RedisConnection {
             .build_pool(pool_size)
             .map_err(|e| store_error(&e))?;
         let _connections = pool.connect_pool();
-        Ok(Self { pool, namespace: namespace.to_owned() })
+        Ok(Self {
+            pool,
+            namespace: namespace.to_owned(),
+        })
     }
 
     /// Waits up to `timeout` for the first connection (start-up courtesy).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.pool.wait_for_connect()).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, self.pool.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A connected client, or UNAVAILABLE at once (never queue behind a
@@ -121,7 +135,10 @@ impl RedisConnection {
         if client.is_connected() {
             Ok(client)
         } else {
-            Err(StoreError::Unavailable { store: StoreKind::Redis, detail: "not connected".into() })
+            Err(StoreError::Unavailable {
+                store: StoreKind::Redis,
+                detail: "not connected".into(),
+            })
         }
     }
 
@@ -162,8 +179,10 @@ impl RedisAffinityStore {
 }
 
 fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
-    AffinityRecord::from_json(text)
-        .ok_or_else(|| StoreError::Internal { store: StoreKind::Redis, detail: format!("unparsable {what} value") })
+    AffinityRecord::from_json(text).ok_or_else(|| StoreError::Internal {
+        store: StoreKind::Redis,
+        detail: format!("unparsable {what} value"),
+    })
 }
 
 #[async_trait]
@@ -174,9 +193,16 @@ impl AffinityStore for RedisAffinityStore {
 
     async fn get(&self, key: &AffinityKey, now: f64) -> Result<Option<AffinityRecord>, StoreError> {
         let redis_key = self.redis.key(&key.redis_key());
-        let value: Option<String> = self.redis.client()?.get(&redis_key).await.map_err(|e| store_error(&e))?;
+        let value: Option<String> = self
+            .redis
+            .client()?
+            .get(&redis_key)
+            .await
+            .map_err(|e| store_error(&e))?;
         // A value missing fields counts as a miss, as in Aether.
-        Ok(value.and_then(|text| AffinityRecord::from_json(&text)).filter(|record| record.is_live(now)))
+        Ok(value
+            .and_then(|text| AffinityRecord::from_json(&text))
+            .filter(|record| record.is_live(now)))
     }
 
     async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError> {
@@ -204,15 +230,32 @@ impl AffinityStore for RedisAffinityStore {
             "refreshed" => (SetOutcome::Refreshed, None),
             _ => {
                 let previous = parse_record(&old, "replaced")?;
-                (SetOutcome::Switched { provider_changed: previous.provider_id != record.provider_id }, Some(previous))
+                (
+                    SetOutcome::Switched {
+                        provider_changed: previous.provider_id != record.provider_id,
+                    },
+                    Some(previous),
+                )
             }
         };
-        Ok(SetResult { record, outcome, previous })
+        Ok(SetResult {
+            record,
+            outcome,
+            previous,
+        })
     }
 
-    async fn invalidate(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<AffinityRecord>, StoreError> {
+    async fn invalidate(
+        &self,
+        key: &AffinityKey,
+        guard: &InvalidationGuard,
+    ) -> Result<Option<AffinityRecord>, StoreError> {
         let guard_arg = |g: &Option<String>| g.clone().unwrap_or_default();
-        let args = vec![guard_arg(&guard.endpoint_id), guard_arg(&guard.key_id), guard_arg(&guard.provider_id)];
+        let args = vec![
+            guard_arg(&guard.endpoint_id),
+            guard_arg(&guard.key_id),
+            guard_arg(&guard.provider_id),
+        ];
         let client = self.redis.client()?;
         let old: Option<String> = self
             .invalidate_script

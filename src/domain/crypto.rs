@@ -1,0 +1,1 @@
+//! Aether-compatible decryption and masking of stored API keys.

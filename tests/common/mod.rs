@@ -1,0 +1,26 @@
+//! Shared test support: real stores, isolated per test.
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod proxy;
+pub mod redis;
+pub mod server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A name unique across concurrent tests and test processes, led by the
+/// run id that scripts/test.sh sets (so it can clean up after a killed run),
+/// e.g. `actl_test_5f3a2c_18c3f2a1b4e2_4e21_0`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let run = std::env::var("AETHER_CONTROL_TEST_RUN_ID").unwrap_or_else(|_| "adhoc".to_owned());
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!(
+        "{prefix}_{run}_{micros:x}_{:x}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

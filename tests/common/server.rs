@@ -1,0 +1,71 @@
+//! Runs the real server in-process on an ephemeral port.
+
+use std::net::SocketAddr;
+
+use aether_control::config::Config;
+use aether_control::server::{self, StartError};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+/// A running server and what it needs to stop cleanly.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), StartError>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data dir, a fast health interval and
+    /// `args` (flags as on the command line).
+    pub async fn start(args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let dir = data_dir.path().to_str().expect("utf-8 temp path").to_owned();
+        let mut argv = vec![
+            "aether-control",
+            "--data-dir",
+            &dir,
+            "--health-interval-ms",
+            "100",
+            "--store-timeout-ms",
+            "500",
+        ];
+        argv.extend_from_slice(args);
+        let config = Config::try_parse_from(argv).expect("test flags parse");
+        config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral port");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::serve(config, listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            handle,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// A client channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.handle).await.expect("server task");
+        result.expect("server stopped cleanly");
+    }
+}
