@@ -93,6 +93,12 @@ pub struct Config {
     #[arg(long, env = "AETHER_CONTROL_AFFINITY_TTL_SECONDS", default_value_t = 300)]
     pub affinity_ttl_seconds: u64,
 
+    /// How often affinities written by Aether itself are indexed, in
+    /// seconds; such an entry shows up in per-user lists and clears within
+    /// about this interval plus one scan.
+    #[arg(long, env = "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", default_value_t = 10)]
+    pub reconcile_interval_seconds: u64,
+
     /// When to create missing tables.
     #[arg(long, env = "AETHER_CONTROL_DB_MIGRATE", value_enum, default_value = "auto")]
     pub db_migrate: MigrateMode,
@@ -181,6 +187,9 @@ impl Config {
         if self.affinity_ttl_seconds == 0 || self.affinity_ttl_seconds > MAX_AFFINITY_TTL.as_secs() {
             return Err(invalid("AETHER_CONTROL_AFFINITY_TTL_SECONDS", "must be 1..=604800"));
         }
+        if !(1..=3600).contains(&self.reconcile_interval_seconds) {
+            return Err(invalid("AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", "must be 1..=3600"));
+        }
         if self.environment == Environment::Production {
             self.validate_production()?;
         }
@@ -228,6 +237,11 @@ impl Config {
     /// Default affinity TTL.
     pub fn affinity_ttl(&self) -> Duration {
         Duration::from_secs(self.affinity_ttl_seconds)
+    }
+
+    /// Interval of the index reconciler.
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_secs(self.reconcile_interval_seconds)
     }
 
     /// Grace period for draining on shutdown.

@@ -1,6 +1,8 @@
 //! Wiring: open the stores, build the services, serve until shutdown, drain.
 
 use std::future::Future;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +11,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::db::DbConnection;
-use crate::domain::affinity::AffinityEngine;
+use crate::db::directory::SeaOrmDirectory;
+use crate::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
+use crate::domain::crypto::KeyCipher;
 use crate::grpc::affinity::AffinityGrpc;
 use crate::grpc::model_mapping::ModelMappingGrpc;
 use crate::grpc::user::UserGrpc;
@@ -20,9 +24,9 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::affinity_service_server::AffinityServiceServer;
 use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::store::memory::MemoryAffinityStore;
-use crate::store::redis::{RedisAffinityStore, RedisConnection};
-use crate::store::{AffinityStore, HealthProbe};
+use crate::store::memory::{MemoryAffinityStore, MemoryCounterStore, MemoryEventBus};
+use crate::store::redis::{RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus};
+use crate::store::{AffinityStore, CounterStore, EventBus, HealthProbe};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,9 @@ pub enum StartError {
     /// Redis is misconfigured.
     #[error("redis: {0}")]
     Redis(String),
+    /// ENCRYPTION_KEY is missing where required.
+    #[error("encryption key: {0}")]
+    Crypto(String),
     /// Reflection could not load the descriptors (a build problem).
     #[error("reflection: {0}")]
     Reflection(String),
@@ -51,8 +58,15 @@ pub enum StartError {
 
 /// The opened stores.
 struct Stores {
-    affinity: Arc<dyn AffinityStore>,
+    affinity: AffinityStores,
     health: HealthPlan,
+}
+
+/// This instance's name in events and the reconcile lease: the pod name on
+/// Kubernetes, else the process id.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "aether-control".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 async fn open_stores(config: &Config) -> Result<Stores, StartError> {
@@ -62,6 +76,11 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
             source,
         })?;
     }
+    let cipher = KeyCipher::from_secret(
+        config.encryption_key.as_deref(),
+        config.environment == Environment::Production,
+    )
+    .map_err(|e| StartError::Crypto(e.to_string()))?;
     let database = DbConnection::open(
         &config.effective_database_url(),
         config.store_timeout(),
@@ -69,26 +88,85 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
     )
     .await
     .map_err(|e| StartError::Database(e.to_string()))?;
-    let (affinity, redis): (Arc<dyn AffinityStore>, Option<Arc<dyn HealthProbe>>) = match &config.redis_url {
-        Some(url) => {
-            let redis = RedisConnection::connect(
-                url,
-                config.redis_pool_size,
-                config.store_timeout(),
-                &config.redis_namespace,
-            )
-            .map_err(|e| StartError::Redis(e.to_string()))?;
-            if !redis.wait_connected(config.store_timeout()).await {
-                tracing::warn!("redis is not reachable yet; serving NOT_SERVING until it is");
-            }
-            (Arc::new(RedisAffinityStore::new(redis.clone())), Some(Arc::new(redis)))
-        }
-        None => (Arc::new(MemoryAffinityStore::new()), None),
+    let directory = Arc::new(SeaOrmDirectory::new(database.connection().clone()));
+    let backends = match &config.redis_url {
+        Some(url) => redis_backends(config, url).await?,
+        None => AffinityBackends {
+            affinities: Arc::new(MemoryAffinityStore::new()),
+            counters: Arc::new(MemoryCounterStore::default()),
+            events: Arc::new(MemoryEventBus::default()),
+            redis_probe: None,
+        },
     };
     Ok(Stores {
-        affinity,
-        health: HealthPlan::new(Arc::new(database), redis),
+        affinity: AffinityStores {
+            affinities: backends.affinities,
+            counters: backends.counters,
+            events: backends.events,
+            directory,
+            cipher: Arc::new(cipher),
+        },
+        health: HealthPlan::new(Arc::new(database), backends.redis_probe),
     })
+}
+
+/// The affinity-side stores: Redis, or memory for the embedded default.
+struct AffinityBackends {
+    affinities: Arc<dyn AffinityStore>,
+    counters: Arc<dyn CounterStore>,
+    events: Arc<dyn EventBus>,
+    redis_probe: Option<Arc<dyn HealthProbe>>,
+}
+
+async fn redis_backends(config: &Config, url: &str) -> Result<AffinityBackends, StartError> {
+    let redis = RedisConnection::connect(
+        url,
+        config.redis_pool_size,
+        config.store_timeout(),
+        &config.redis_namespace,
+    )
+    .map_err(|e| StartError::Redis(e.to_string()))?;
+    if !redis.wait_connected(config.store_timeout()).await {
+        tracing::warn!("redis is not reachable yet; serving NOT_SERVING until it is");
+    }
+    let events = RedisEventBus::start(redis.clone()).map_err(|e| StartError::Redis(e.to_string()))?;
+    Ok(AffinityBackends {
+        affinities: Arc::new(RedisAffinityStore::new(
+            redis.clone(),
+            &instance_id(),
+            config.reconcile_interval(),
+        )),
+        counters: Arc::new(RedisCounterStore::new(redis.clone())),
+        events: Arc::new(events),
+        redis_probe: Some(Arc::new(redis)),
+    })
+}
+
+/// Background upkeep: counter flushes every second, reconciles on their
+/// interval. Ends with a last flush when `stop` turns true.
+async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let mut reconcile = tokio::time::interval(reconcile_every);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = flush.tick() => {
+                if let Err(error) = engine.flush_counters().await {
+                    tracing::debug!(%error, "counter flush deferred");
+                }
+            }
+            _ = reconcile.tick() => match engine.reconcile().await {
+                Ok(0) => {}
+                Ok(added) => tracing::info!(added, "indexed affinities written by others"),
+                Err(error) => tracing::debug!(%error, "reconcile deferred"),
+            },
+            _ = stop.wait_for(|stopped| *stopped).map(|r| r.is_ok()) => break,
+        }
+    }
+    if let Err(error) = engine.flush_counters().await {
+        tracing::warn!(%error, "last counter flush failed; those counts are lost");
+    }
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,
@@ -99,7 +177,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let stores = open_stores(&config).await?;
-    let engine = AffinityEngine::new(stores.affinity, config.affinity_ttl());
+    let engine = AffinityEngine::new(
+        stores.affinity,
+        AffinitySettings {
+            default_ttl: config.affinity_ttl(),
+            reconcile_interval: config.reconcile_interval(),
+            instance_id: instance_id(),
+        },
+    );
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     for name in stores.health.service_names() {
@@ -112,8 +197,9 @@ pub async fn serve(
         reporter,
         stores.health,
         config.health_interval(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let upkeep_task = tokio::spawn(upkeep(engine.clone(), config.reconcile_interval(), stop_rx.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -149,7 +235,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AffinityServiceServer::new(AffinityGrpc::new(engine)))
+        .add_service(AffinityServiceServer::new(AffinityGrpc::new(engine, stop_rx)))
         .add_service(UserServiceServer::new(UserGrpc))
         .add_service(ModelMappingServiceServer::new(ModelMappingGrpc))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
@@ -162,6 +248,7 @@ pub async fn serve(
         }
     };
     monitor.abort();
+    let _ = upkeep_task.await;
     result
 }
 

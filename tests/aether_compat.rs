@@ -87,3 +87,68 @@ async fn reads_and_refreshes_what_aether_wrote_and_writes_what_aether_reads() {
     server.stop().await;
     common::redis::cleanup(&redis, &namespace).await;
 }
+
+#[tokio::test]
+async fn entries_aether_wrote_are_indexed_by_the_reconciler_and_cleared() {
+    use aether_control::proto::ListUserAffinitiesRequest;
+    use common::fixtures::{self, ALICE_KEY_1, MODEL};
+
+    let namespace = common::redis::namespace();
+    let redis = common::redis::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let server = TestServer::start(&[
+        "--database-url",
+        &url,
+        "--redis-url",
+        &common::redis::url(),
+        "--redis-namespace",
+        &namespace,
+        "--reconcile-interval-seconds",
+        "1",
+    ])
+    .await;
+    fixtures::seed(&url).await;
+    let mut client = AffinityServiceClient::new(server.channel().await);
+
+    // Aether writes an entry directly; none of our indexes know it yet.
+    let key = format!("{namespace}cache_affinity:{ALICE_KEY_1}:CLAUDE:{MODEL}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let value = aether_value("ep-1", &format!("{now:.6}"), &format!("{:.6}", now + 300.0), 1);
+    let _: () = redis
+        .set(&key, value, Some(Expiration::EX(300)), None, false)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    loop {
+        let request = ListUserAffinitiesRequest {
+            user_identifier: "alice".into(),
+        };
+        let found = client.list_user_affinities(request).await.expect("list").into_inner();
+        if found.affinities.len() == 1 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "never indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!("indexed {:?} after Aether wrote it", started.elapsed());
+
+    let cleared = client
+        .clear_user_affinities(ClearUserAffinitiesRequest {
+            user_identifier: "alice".into(),
+            dry_run: false,
+        })
+        .await
+        .expect("clear")
+        .into_inner();
+    assert_eq!(cleared.deleted_count, 1);
+    let exists: i64 = redis.exists(&key).await.unwrap();
+    assert_eq!(exists, 0, "Aether's entry is gone");
+
+    server.stop().await;
+    common::redis::cleanup(&redis, &namespace).await;
+}

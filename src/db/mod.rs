@@ -1,6 +1,7 @@
 //! The relational side: Aether's tables through sea-orm (PostgreSQL in
 //! production, SQLite for the embedded default).
 
+pub mod directory;
 pub mod entities;
 
 use std::time::Duration;

@@ -3,4 +3,5 @@
 
 pub mod affinity;
 pub mod crypto;
+pub mod directory;
 pub mod validate;

@@ -31,6 +31,26 @@ pub fn key_part(field: &'static str, value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
+/// A user-facing identifier (user id, username, email, API key id) as Aether
+/// takes it: surrounding whitespace is ignored; 1..=255 bytes remain, with
+/// no control characters. Returns the trimmed value.
+pub fn identifier<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if trimmed.len() > MAX_IDENTIFIER_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_IDENTIFIER_LEN} bytes"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(trimmed)
+}
+
 /// An optional identifier: empty means absent, otherwise as [`key_part`].
 pub fn optional_key_part(field: &'static str, value: Option<&str>) -> Result<Option<String>> {
     value.map(|v| key_part(field, v)).transpose()
@@ -44,6 +64,14 @@ mod tests {
     fn accepts_uuid_and_glob_characters() {
         assert!(key_part("f", "11111111-2222-4333-8444-555555555555").is_ok());
         assert!(key_part("f", "a*b?c[d]").is_ok());
+    }
+
+    #[test]
+    fn identifiers_are_trimmed_and_bounded() {
+        assert_eq!(identifier("f", "  alice@example.com ").ok(), Some("alice@example.com"));
+        assert!(identifier("f", "   ").is_err());
+        assert!(identifier("f", "a\u{0}b").is_err());
+        assert!(identifier("f", &"x".repeat(256)).is_err());
     }
 
     #[test]

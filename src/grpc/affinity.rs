@@ -2,28 +2,38 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
-use tonic::{Request, Response, Status};
+use futures::{FutureExt, Stream};
+use tokio::sync::{broadcast, watch};
+use tonic::{Code, Request, Response, Status};
 
-use super::{convert, not_yet};
-use crate::domain::affinity::{AffinityEngine, AffinityKey, AffinityTarget, InvalidationGuard};
+use super::convert;
+use crate::domain::affinity::engine::AffinityEngine;
+use crate::domain::affinity::events::{EventFilter, InvalidationReason};
+use crate::domain::affinity::stats::render_prometheus;
+use crate::domain::affinity::{AffinityKey, AffinityTarget, InvalidationGuard, parse_api_format};
 use crate::domain::validate;
+use crate::error::Error;
 use crate::proto::affinity_service_server::AffinityService;
 use crate::proto::*;
 
 /// gRPC face of the affinity engine.
 pub struct AffinityGrpc {
     engine: AffinityEngine,
+    draining: watch::Receiver<bool>,
 }
 
 impl AffinityGrpc {
-    /// An adapter over `engine`.
-    pub fn new(engine: AffinityEngine) -> Self {
-        Self { engine }
+    /// An adapter over `engine`; watch streams end when `draining` turns true.
+    pub fn new(engine: AffinityEngine, draining: watch::Receiver<bool>) -> Self {
+        Self { engine, draining }
     }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchAffinityEventsResponse, Status>> + Send>>;
+
+fn optional(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
 
 #[tonic::async_trait]
 impl AffinityService for AffinityGrpc {
@@ -70,7 +80,11 @@ impl AffinityService for AffinityGrpc {
             key_id: validate::optional_key_part("key_id", r.key_id.as_deref())?,
             provider_id: validate::optional_key_part("provider_id", r.provider_id.as_deref())?,
         };
-        let deleted = self.engine.invalidate(&key, &guard).await?;
+        let reason = InvalidationReason::from(
+            crate::proto::InvalidationReason::try_from(r.reason)
+                .map_err(|_| Error::invalid("reason", "unknown reason"))?,
+        );
+        let deleted = self.engine.invalidate(&key, &guard, reason).await?;
         Ok(Response::new(InvalidateAffinityResponse {
             deleted: deleted.is_some(),
             affinity: deleted.as_ref().map(|record| convert::affinity(&key, record)),
@@ -81,71 +95,193 @@ impl AffinityService for AffinityGrpc {
         &self,
         _: Request<GetAffinityStatsRequest>,
     ) -> Result<Response<GetAffinityStatsResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/GetAffinityStats")
+        let stats = self.engine.stats().await?;
+        let modes = self.engine.scheduling_modes().await?;
+        Ok(Response::new(GetAffinityStatsResponse {
+            stats: Some(convert::stats(&stats)),
+            config: Some(convert::config(
+                self.engine.settings(),
+                self.engine.storage_type(),
+                modes,
+            )),
+        }))
     }
 
     async fn list_user_affinities(
         &self,
-        _: Request<ListUserAffinitiesRequest>,
+        request: Request<ListUserAffinitiesRequest>,
     ) -> Result<Response<ListUserAffinitiesResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ListUserAffinities")
+        let found = self.engine.list_user(&request.into_inner().user_identifier).await?;
+        Ok(Response::new(ListUserAffinitiesResponse {
+            user: Some(convert::resolved_user(&found.user)),
+            affinities: found.details.into_iter().map(convert::affinity_detail).collect(),
+            total_endpoints: found.total_endpoints as i32,
+        }))
     }
 
     async fn list_affinities(
         &self,
-        _: Request<ListAffinitiesRequest>,
+        request: Request<ListAffinitiesRequest>,
     ) -> Result<Response<ListAffinitiesResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ListAffinities")
+        let r = request.into_inner();
+        let listing = self
+            .engine
+            .list(&r.keyword, r.page_size, &r.page_token, r.offset)
+            .await?;
+        Ok(Response::new(ListAffinitiesResponse {
+            affinities: listing.details.into_iter().map(convert::affinity_detail).collect(),
+            next_page_token: listing.next_page_token.unwrap_or_default(),
+            total_size: i32::try_from(listing.total).unwrap_or(i32::MAX),
+            matched_user_id: listing.matched_user_id.unwrap_or_default(),
+            matched_api_key_id: listing.matched_api_key_id.unwrap_or_default(),
+        }))
     }
 
     async fn clear_user_affinities(
         &self,
-        _: Request<ClearUserAffinitiesRequest>,
+        request: Request<ClearUserAffinitiesRequest>,
     ) -> Result<Response<ClearUserAffinitiesResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ClearUserAffinities")
+        let r = request.into_inner();
+        let (deleted_count, user) = self.engine.clear_user(&r.user_identifier, r.dry_run).await?;
+        Ok(Response::new(ClearUserAffinitiesResponse {
+            deleted_count: deleted_count as i64,
+            user: Some(convert::resolved_user(&user)),
+            dry_run: r.dry_run,
+        }))
     }
 
     async fn delete_affinity(
         &self,
-        _: Request<DeleteAffinityRequest>,
+        request: Request<DeleteAffinityRequest>,
     ) -> Result<Response<DeleteAffinityResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/DeleteAffinity")
+        let r = request.into_inner();
+        let key = AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id)?;
+        let deleted = self.engine.delete_one(&key, &r.endpoint_id).await?;
+        Ok(Response::new(DeleteAffinityResponse {
+            affinity: Some((&deleted).into()),
+        }))
     }
 
     async fn clear_all_affinities(
         &self,
-        _: Request<ClearAllAffinitiesRequest>,
+        request: Request<ClearAllAffinitiesRequest>,
     ) -> Result<Response<ClearAllAffinitiesResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ClearAllAffinities")
+        let r = request.into_inner();
+        let deleted_count = self.engine.clear_all(r.confirm, r.dry_run).await?;
+        Ok(Response::new(ClearAllAffinitiesResponse {
+            deleted_count: deleted_count as i64,
+            dry_run: r.dry_run,
+        }))
     }
 
     async fn clear_provider_affinities(
         &self,
-        _: Request<ClearProviderAffinitiesRequest>,
+        request: Request<ClearProviderAffinitiesRequest>,
     ) -> Result<Response<ClearProviderAffinitiesResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ClearProviderAffinities")
+        let r = request.into_inner();
+        let deleted_count = self.engine.clear_provider(&r.provider_id, r.dry_run).await?;
+        Ok(Response::new(ClearProviderAffinitiesResponse {
+            deleted_count: deleted_count as i64,
+            dry_run: r.dry_run,
+        }))
     }
 
     async fn get_affinity_config(
         &self,
         _: Request<GetAffinityConfigRequest>,
     ) -> Result<Response<GetAffinityConfigResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/GetAffinityConfig")
+        let modes = self.engine.scheduling_modes().await?;
+        Ok(Response::new(GetAffinityConfigResponse {
+            config: Some(convert::config(
+                self.engine.settings(),
+                self.engine.storage_type(),
+                modes,
+            )),
+        }))
     }
 
     async fn export_metrics(
         &self,
         _: Request<ExportMetricsRequest>,
     ) -> Result<Response<ExportMetricsResponse>, Status> {
-        not_yet("aether.control.v1.AffinityService/ExportMetrics")
+        let stats = self.engine.stats().await?;
+        Ok(Response::new(ExportMetricsResponse {
+            content_type: "text/plain; version=0.0.4; charset=utf-8".into(),
+            text: render_prometheus(&stats),
+        }))
     }
 
     type WatchAffinityEventsStream = EventStream;
 
     async fn watch_affinity_events(
         &self,
-        _: Request<WatchAffinityEventsRequest>,
+        request: Request<WatchAffinityEventsRequest>,
     ) -> Result<Response<Self::WatchAffinityEventsStream>, Status> {
-        not_yet("aether.control.v1.AffinityService/WatchAffinityEvents")
+        let r = request.into_inner();
+        let filter = EventFilter {
+            affinity_key: optional(r.affinity_key)
+                .map(|k| validate::key_part("affinity_key", &k))
+                .transpose()?,
+            provider_id: optional(r.provider_id)
+                .map(|p| validate::key_part("provider_id", &p))
+                .transpose()?,
+            api_format: optional(r.api_format)
+                .map(|f| parse_api_format("api_format", &f))
+                .transpose()?,
+            kinds: r.types.into_iter().map(convert::event_kind).collect::<Result<_, _>>()?,
+        };
+        let events = self.engine.subscribe();
+        let draining = self.draining.clone();
+        Ok(Response::new(Box::pin(event_stream(events, filter, draining))))
     }
+}
+
+/// Forwards matching events until the client goes, the watcher falls behind
+/// (RESOURCE_EXHAUSTED: it is dropped rather than buffered without bound),
+/// or the server drains (UNAVAILABLE: reconnect elsewhere).
+fn event_stream(
+    mut events: broadcast::Receiver<crate::domain::affinity::events::AffinityEvent>,
+    filter: EventFilter,
+    mut draining: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<WatchAffinityEventsResponse, Status>> + Send {
+    spawn_stream(move |sender| async move {
+        loop {
+            tokio::select! {
+                // Map away the watch guard: it must not live across the await below.
+                _ = draining.wait_for(|d| *d).map(|r| r.is_ok()) => {
+                    let _ = sender.send(Err(Status::new(Code::Unavailable, "server is shutting down; reconnect"))).await;
+                    return;
+                }
+                received = events.recv() => match received {
+                    Ok(event) if filter.matches(&event) => {
+                        if sender.send(Ok(convert::event(&event))).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let message = format!("watcher fell {missed} events behind and was dropped; reconnect");
+                        let _ = sender.send(Err(Status::new(Code::ResourceExhausted, message))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = sender.send(Err(Status::new(Code::Unavailable, "event feed closed"))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs `producer` on its own task feeding a small bounded channel, and
+/// streams what it sends.
+fn spawn_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<WatchAffinityEventsResponse, Status>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchAffinityEventsResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(producer(sender));
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }

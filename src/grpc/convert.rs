@@ -4,7 +4,12 @@ use std::time::Duration;
 
 use prost_types::Timestamp;
 
+use crate::domain::affinity::engine::{AffinitySettings, SchedulingModes};
+use crate::domain::affinity::events::{AffinityEvent, EventKind, InvalidationReason};
+use crate::domain::affinity::listing::{AffinityDetail, ResolvedUser};
+use crate::domain::affinity::stats::AffinityStats;
 use crate::domain::affinity::{Affinity, AffinityKey, AffinityRecord, SetOutcome};
+use crate::domain::directory::MatchKind;
 use crate::error::{Error, Result};
 use crate::proto;
 
@@ -68,6 +73,151 @@ impl From<SetOutcome> for proto::SetAffinityOutcome {
             SetOutcome::Refreshed => Self::Refreshed,
             SetOutcome::Switched { .. } => Self::Switched,
         }
+    }
+}
+
+impl From<proto::InvalidationReason> for InvalidationReason {
+    fn from(value: proto::InvalidationReason) -> Self {
+        match value {
+            proto::InvalidationReason::Unspecified => Self::Unspecified,
+            proto::InvalidationReason::UpstreamAuth => Self::UpstreamAuth,
+            proto::InvalidationReason::UpstreamRateLimit => Self::UpstreamRateLimit,
+            proto::InvalidationReason::UpstreamError => Self::UpstreamError,
+            proto::InvalidationReason::Admin => Self::Admin,
+            proto::InvalidationReason::Ineffective => Self::Ineffective,
+        }
+    }
+}
+
+impl From<InvalidationReason> for proto::InvalidationReason {
+    fn from(value: InvalidationReason) -> Self {
+        match value {
+            InvalidationReason::Unspecified => Self::Unspecified,
+            InvalidationReason::UpstreamAuth => Self::UpstreamAuth,
+            InvalidationReason::UpstreamRateLimit => Self::UpstreamRateLimit,
+            InvalidationReason::UpstreamError => Self::UpstreamError,
+            InvalidationReason::Admin => Self::Admin,
+            InvalidationReason::Ineffective => Self::Ineffective,
+        }
+    }
+}
+
+/// A proto event type as the domain kind; UNSPECIFIED is rejected.
+pub fn event_kind(value: i32) -> Result<EventKind> {
+    match proto::AffinityEventType::try_from(value) {
+        Ok(proto::AffinityEventType::Created) => Ok(EventKind::Created),
+        Ok(proto::AffinityEventType::Refreshed) => Ok(EventKind::Refreshed),
+        Ok(proto::AffinityEventType::Switched) => Ok(EventKind::Switched),
+        Ok(proto::AffinityEventType::Invalidated) => Ok(EventKind::Invalidated),
+        _ => Err(Error::invalid("types", "unknown event type")),
+    }
+}
+
+impl From<EventKind> for proto::AffinityEventType {
+    fn from(value: EventKind) -> Self {
+        match value {
+            EventKind::Created => Self::Created,
+            EventKind::Refreshed => Self::Refreshed,
+            EventKind::Switched => Self::Switched,
+            EventKind::Invalidated => Self::Invalidated,
+        }
+    }
+}
+
+impl From<MatchKind> for proto::UserMatchKind {
+    fn from(value: MatchKind) -> Self {
+        match value {
+            MatchKind::UserId => Self::UserId,
+            MatchKind::Username => Self::Username,
+            MatchKind::Email => Self::Email,
+            MatchKind::ApiKeyId => Self::ApiKeyId,
+        }
+    }
+}
+
+/// The resolved user as the proto message.
+pub fn resolved_user(value: &ResolvedUser) -> proto::ResolvedUser {
+    proto::ResolvedUser {
+        user_id: value.user.id.clone(),
+        username: value.user.username.clone(),
+        email: value.user.email.clone(),
+        matched_by: proto::UserMatchKind::from(value.matched_by).into(),
+        api_key_id: value.api_key.as_ref().map(|k| k.id.clone()).unwrap_or_default(),
+        api_key_name: value.api_key.as_ref().and_then(|k| k.name.clone()).unwrap_or_default(),
+    }
+}
+
+/// An enriched affinity as the proto message.
+pub fn affinity_detail(value: AffinityDetail) -> proto::AffinityDetail {
+    proto::AffinityDetail {
+        affinity: Some((&value.affinity).into()),
+        user_api_key_name: value.user_api_key_name.unwrap_or_default(),
+        user_api_key_prefix: value.user_api_key_prefix,
+        is_standalone: value.is_standalone,
+        user_id: value.user_id.unwrap_or_default(),
+        username: value.username.unwrap_or_default(),
+        email: value.email.unwrap_or_default(),
+        provider_name: value.provider_name.unwrap_or_default(),
+        endpoint_api_format: value.endpoint_api_format.unwrap_or_default(),
+        endpoint_url: value.endpoint_url.unwrap_or_default(),
+        key_name: value.key_name.unwrap_or_default(),
+        key_prefix: value.key_prefix,
+        rate_multiplier: value.rate_multiplier,
+        global_model_name: value.global_model_name,
+        model_display_name: value.model_display_name.unwrap_or_default(),
+    }
+}
+
+/// The stats as the proto message.
+pub fn stats(value: &AffinityStats) -> proto::AffinityStats {
+    proto::AffinityStats {
+        storage_type: value.storage_type.to_owned(),
+        active_affinities: value.active_affinities as i64,
+        total_affinities: value.total_affinities,
+        cache_hits: value.cache_hits,
+        cache_misses: value.cache_misses,
+        cache_hit_rate: value.hit_rate(),
+        provider_switches: value.provider_switches,
+        key_switches: value.key_switches,
+        invalidations: value.invalidations,
+        invalidations_by_reason: value.invalidations_by_reason.clone().into_iter().collect(),
+    }
+}
+
+/// The configuration in force. The reservation values are Aether's
+/// constants (its scheduler, not this service, applies them).
+pub fn config(settings: &AffinitySettings, storage_type: &str, modes: SchedulingModes) -> proto::AffinityConfig {
+    proto::AffinityConfig {
+        default_ttl: Some(proto_duration(settings.default_ttl)),
+        storage_type: storage_type.to_owned(),
+        cache_reservation_ratio: 0.1,
+        dynamic_reservation: Some(proto::DynamicReservationConfig {
+            enabled: true,
+            probe_phase_requests: 100,
+            probe_reservation: 0.1,
+            stable_min_reservation: 0.1,
+            stable_max_reservation: 0.35,
+            low_load_threshold: 0.5,
+            high_load_threshold: 0.8,
+        }),
+        reconcile_interval: Some(proto_duration(settings.reconcile_interval)),
+        scheduling_mode: modes.scheduling_mode,
+        provider_priority_mode: modes.provider_priority_mode,
+    }
+}
+
+/// An event as the stream message.
+pub fn event(value: &AffinityEvent) -> proto::WatchAffinityEventsResponse {
+    proto::WatchAffinityEventsResponse {
+        r#type: proto::AffinityEventType::from(value.kind).into(),
+        affinity: Some((&value.affinity).into()),
+        previous: value.previous.as_ref().map(|p| affinity(&value.affinity.key, p)),
+        reason: value
+            .reason
+            .map(|r| proto::InvalidationReason::from(r).into())
+            .unwrap_or_default(),
+        occurred_at: Some(timestamp(value.occurred_at)),
+        instance_id: value.instance_id.clone(),
     }
 }
 

@@ -1,15 +1,19 @@
-//! In-memory affinity store: the embedded default (one instance only), with
-//! the same semantics as Redis, TTL expiry included.
+//! In-memory stores: the embedded default (one instance only), with the same
+//! semantics as Redis: TTL expiry, indexes, counters, events.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
-use crate::domain::affinity::{AffinityKey, AffinityRecord, AffinityWrite, InvalidationGuard, SetResult, apply_write};
+use super::{AffinityStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus};
+use crate::domain::affinity::events::AffinityEvent;
+use crate::domain::affinity::{
+    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult, apply_write,
+};
 use crate::error::{StoreError, StoreKind};
-use crate::store::AffinityStore;
 
 struct Entry {
     record: AffinityRecord,
@@ -17,10 +21,71 @@ struct Entry {
     evict_at: Instant,
 }
 
+/// Expiry as integer microseconds, so it orders totally.
+fn expiry_rank(record: &AffinityRecord) -> i64 {
+    (record.expire_at * 1e6) as i64
+}
+
+#[derive(Default)]
+struct Entries {
+    by_key: HashMap<AffinityKey, Entry>,
+    by_expiry: BTreeSet<(i64, AffinityKey)>,
+    indexes: HashMap<IndexRef, HashSet<AffinityKey>>,
+}
+
+fn index_refs(key: &AffinityKey, record: &AffinityRecord) -> [IndexRef; 3] {
+    [
+        IndexRef::AffinityKey(key.affinity_key.clone()),
+        IndexRef::Provider(record.provider_id.clone()),
+        IndexRef::ProviderKey(record.key_id.clone()),
+    ]
+}
+
+impl Entries {
+    fn live(&self, key: &AffinityKey, now: f64, instant: Instant) -> Option<&Entry> {
+        self.by_key
+            .get(key)
+            .filter(|e| instant < e.evict_at && e.record.is_live(now))
+    }
+
+    fn remove(&mut self, key: &AffinityKey) -> Option<Entry> {
+        let entry = self.by_key.remove(key)?;
+        self.by_expiry.remove(&(expiry_rank(&entry.record), key.clone()));
+        for index in index_refs(key, &entry.record) {
+            if let Some(members) = self.indexes.get_mut(&index) {
+                members.remove(key);
+                if members.is_empty() {
+                    self.indexes.remove(&index);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    fn insert(&mut self, key: &AffinityKey, record: AffinityRecord, evict_at: Instant) {
+        self.remove(key);
+        self.by_expiry.insert((expiry_rank(&record), key.clone()));
+        for index in index_refs(key, &record) {
+            self.indexes.entry(index).or_default().insert(key.clone());
+        }
+        self.by_key.insert(key.clone(), Entry { record, evict_at });
+    }
+
+    /// Live entries, newest expiry first.
+    fn newest_first(&self, now: f64, instant: Instant) -> impl Iterator<Item = (&AffinityKey, &Entry)> {
+        let floor = (now * 1e6) as i64;
+        self.by_expiry
+            .iter()
+            .rev()
+            .take_while(move |(rank, _)| *rank >= floor)
+            .filter_map(move |(_, key)| self.by_key.get(key).filter(|e| instant < e.evict_at).map(|e| (key, e)))
+    }
+}
+
 /// Affinities in a process-local map.
 #[derive(Default)]
 pub struct MemoryAffinityStore {
-    entries: Mutex<HashMap<AffinityKey, Entry>>,
+    entries: Mutex<Entries>,
 }
 
 impl MemoryAffinityStore {
@@ -29,18 +94,18 @@ impl MemoryAffinityStore {
         Self::default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<AffinityKey, Entry>>, StoreError> {
+    fn lock(&self) -> Result<MutexGuard<'_, Entries>, StoreError> {
         // A poisoned lock means a panic mid-update: report it instead of
         // serving possibly half-written state.
-        self.entries.lock().map_err(|_| StoreError::Internal {
-            store: StoreKind::Redis,
-            detail: "memory store lock poisoned".into(),
-        })
+        self.entries.lock().map_err(|_| poisoned())
     }
 }
 
-fn live(entry: &Entry, now: f64, instant: Instant) -> bool {
-    instant < entry.evict_at && entry.record.is_live(now)
+fn poisoned() -> StoreError {
+    StoreError::Internal {
+        store: StoreKind::Redis,
+        detail: "memory store lock poisoned".into(),
+    }
 }
 
 #[async_trait]
@@ -51,26 +116,15 @@ impl AffinityStore for MemoryAffinityStore {
 
     async fn get(&self, key: &AffinityKey, now: f64) -> Result<Option<AffinityRecord>, StoreError> {
         let entries = self.lock()?;
-        let instant = Instant::now();
-        Ok(entries
-            .get(key)
-            .filter(|e| live(e, now, instant))
-            .map(|e| e.record.clone()))
+        Ok(entries.live(key, now, Instant::now()).map(|e| e.record.clone()))
     }
 
     async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError> {
         let mut entries = self.lock()?;
         let instant = Instant::now();
-        let current = entries.get(key).filter(|e| live(e, now, instant)).map(|e| &e.record);
-        let result = apply_write(current, key, write, now);
+        let result = apply_write(entries.live(key, now, instant).map(|e| &e.record), key, write, now);
         let evict_at = instant + write.ttl.max(Duration::from_millis(1));
-        entries.insert(
-            key.clone(),
-            Entry {
-                record: result.record.clone(),
-                evict_at,
-            },
-        );
+        entries.insert(key, result.record.clone(), evict_at);
         Ok(result)
     }
 
@@ -83,6 +137,7 @@ impl AffinityStore for MemoryAffinityStore {
         let instant = Instant::now();
         // Like Redis: any value still present may be deleted, expired or not.
         let deletable = entries
+            .by_key
             .get(key)
             .is_some_and(|e| instant < e.evict_at && guard.matches(&e.record));
         Ok(if deletable {
@@ -90,5 +145,148 @@ impl AffinityStore for MemoryAffinityStore {
         } else {
             None
         })
+    }
+
+    async fn list_indexed(&self, indexes: &[IndexRef], now: f64) -> Result<Vec<Affinity>, StoreError> {
+        let entries = self.lock()?;
+        let instant = Instant::now();
+        let keys: BTreeSet<&AffinityKey> = indexes
+            .iter()
+            .filter_map(|index| entries.indexes.get(index))
+            .flatten()
+            .collect();
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let entry = entries.live(key, now, instant)?;
+                Some(Affinity {
+                    key: key.clone(),
+                    record: entry.record.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn page(&self, offset: u64, limit: u64, now: f64) -> Result<Page, StoreError> {
+        let entries = self.lock()?;
+        let instant = Instant::now();
+        let total = entries.newest_first(now, instant).count() as u64;
+        let affinities: Vec<Affinity> = entries
+            .newest_first(now, instant)
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(|(key, e)| Affinity {
+                key: key.clone(),
+                record: e.record.clone(),
+            })
+            .collect();
+        let end = offset + affinities.len() as u64;
+        Ok(Page {
+            affinities,
+            next_offset: (end < total).then_some(end),
+            total,
+        })
+    }
+
+    async fn count_live(&self, now: f64) -> Result<u64, StoreError> {
+        let entries = self.lock()?;
+        Ok(entries.newest_first(now, Instant::now()).count() as u64)
+    }
+
+    async fn delete_many(
+        &self,
+        keys: &[AffinityKey],
+        guard: &InvalidationGuard,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let mut entries = self.lock()?;
+        let instant = Instant::now();
+        let mut count = 0;
+        for key in keys {
+            let deletable = entries
+                .by_key
+                .get(key)
+                .is_some_and(|e| instant < e.evict_at && guard.matches(&e.record));
+            if deletable {
+                count += 1;
+                if !dry_run {
+                    entries.remove(key);
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn clear_all(&self, dry_run: bool) -> Result<u64, StoreError> {
+        let mut entries = self.lock()?;
+        let instant = Instant::now();
+        let count = entries.by_key.values().filter(|e| instant < e.evict_at).count() as u64;
+        if !dry_run {
+            *entries = Entries::default();
+        }
+        Ok(count)
+    }
+
+    async fn reconcile(&self, _now: f64) -> Result<u64, StoreError> {
+        // Nobody else writes here; reconciling means dropping evicted entries.
+        let mut entries = self.lock()?;
+        let instant = Instant::now();
+        let evicted: Vec<AffinityKey> = entries
+            .by_key
+            .iter()
+            .filter(|(_, e)| instant >= e.evict_at)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &evicted {
+            entries.remove(key);
+        }
+        Ok(0)
+    }
+}
+
+/// Counters in a process-local map.
+#[derive(Default)]
+pub struct MemoryCounterStore {
+    counters: Mutex<HashMap<String, i64>>,
+}
+
+#[async_trait]
+impl CounterStore for MemoryCounterStore {
+    async fn add(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut counters = self.counters.lock().map_err(|_| poisoned())?;
+        for (name, delta) in deltas {
+            *counters.entry(name.clone()).or_default() += delta;
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<HashMap<String, i64>, StoreError> {
+        Ok(self.counters.lock().map_err(|_| poisoned())?.clone())
+    }
+}
+
+/// Events within this process.
+pub struct MemoryEventBus {
+    sender: broadcast::Sender<AffinityEvent>,
+}
+
+impl Default for MemoryEventBus {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryEventBus {
+    async fn publish(&self, event: &AffinityEvent) -> Result<(), StoreError> {
+        // No receivers is fine: nobody is watching.
+        let _ = self.sender.send(event.clone());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
+        self.sender.subscribe()
     }
 }

@@ -2,21 +2,38 @@
 //! Writes and guarded deletes are single Lua scripts on one key, so they are
 //! atomic across instances and work unchanged on Redis Cluster.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::clients::{Client, Pool};
+use fred::clients::{Client, Pool, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::Builder;
+use fred::interfaces::{
+    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
+};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::scan::Scanner;
 use fred::types::scripts::Script;
+use fred::types::{Builder, Expiration, Key, SetOptions};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::broadcast;
 
+use crate::domain::affinity::events::AffinityEvent;
 use crate::domain::affinity::{
-    AffinityKey, AffinityRecord, AffinityWrite, InvalidationGuard, SetOutcome, SetResult, format_epoch,
+    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, KEY_PREFIX, Page, SetOutcome,
+    SetResult, format_epoch,
 };
 use crate::error::{StoreError, StoreKind};
-use crate::store::{AffinityStore, HealthProbe};
+use crate::store::{AffinityStore, BATCH, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, HealthProbe};
+
+/// Prefix of every key of ours. Aether's scans of `cache_affinity:*` can
+/// never match it.
+pub const OWN_PREFIX: &str = "aether_control:";
+
+/// Index keys expire a week after their last write, so indexes of keys that
+/// are never used again do not pile up.
+const INDEX_TTL_SECONDS: i64 = 7 * 24 * 3600 + 3600;
 
 /// Mirrors `apply_write`: same target on a live entry refreshes (count + 1,
 /// created_at kept verbatim), another target switches, else creates. The
@@ -92,7 +109,9 @@ fn store_error(error: &RedisError) -> StoreError {
 #[derive(Clone)]
 pub struct RedisConnection {
     pool: Pool,
+    builder: Builder,
     namespace: String,
+    clustered: bool,
 }
 
 impl RedisConnection {
@@ -103,7 +122,9 @@ impl RedisConnection {
             fail_fast: false,
             ..RedisConfig::from_url(url).map_err(|e| store_error(&e))?
         };
-        let pool = Builder::from_config(config)
+        let clustered = config.server.is_clustered();
+        let mut builder = Builder::from_config(config);
+        builder
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;
                 c.internal_command_timeout = timeout;
@@ -111,13 +132,14 @@ impl RedisConnection {
             })
             .with_performance_config(|p| p.default_command_timeout = timeout)
             // Retry forever, 100 ms doubling to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_pool(pool_size)
-            .map_err(|e| store_error(&e))?;
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let pool = builder.build_pool(pool_size).map_err(|e| store_error(&e))?;
         let _connections = pool.connect_pool();
         Ok(Self {
             pool,
+            builder,
             namespace: namespace.to_owned(),
+            clustered,
         })
     }
 
@@ -146,6 +168,108 @@ impl RedisConnection {
     pub fn key(&self, key: &str) -> String {
         format!("{}{key}", self.namespace)
     }
+
+    /// One of our own keys (`aether_control:...`), namespaced.
+    pub fn own_key(&self, key: &str) -> String {
+        format!("{}{OWN_PREFIX}{key}", self.namespace)
+    }
+
+    /// A SCAN pattern matching keys that start with `prefix` literally.
+    fn prefix_pattern(&self, prefix: &str) -> String {
+        format!("{}*", escape_glob(&self.key(prefix)))
+    }
+
+    /// Splits keys into batches a multi-key command accepts: at most
+    /// [`BATCH`] keys, and on a cluster all in one hash slot.
+    fn batches(&self, keys: Vec<String>) -> Vec<Vec<String>> {
+        if !self.clustered {
+            return keys.chunks(BATCH).map(<[String]>::to_vec).collect();
+        }
+        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            by_slot
+                .entry(Key::from(key.as_str()).cluster_hash())
+                .or_default()
+                .push(key);
+        }
+        by_slot
+            .into_values()
+            .flat_map(|keys| keys.chunks(BATCH).map(<[String]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Values of `keys`, in order, in batches.
+    async fn mget(&self, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let mut values = HashMap::with_capacity(keys.len());
+        for batch in self.batches(keys.to_vec()) {
+            let got: Vec<Option<String>> = if batch.len() == 1 {
+                vec![self.client()?.get(&batch[0]).await.map_err(|e| store_error(&e))?]
+            } else {
+                self.client()?.mget(batch.clone()).await.map_err(|e| store_error(&e))?
+            };
+            values.extend(batch.into_iter().zip(got).filter_map(|(k, v)| Some((k, v?))));
+        }
+        Ok(values)
+    }
+
+    /// Runs `command` on batches of `keys` (UNLINK, EXISTS) and sums the replies.
+    async fn sum_over_batches(&self, command: KeyCountCommand, keys: Vec<String>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for batch in self.batches(keys) {
+            let client = self.client()?;
+            let count: i64 = match command {
+                KeyCountCommand::Unlink => client.unlink(batch).await,
+                KeyCountCommand::Exists => client.exists(batch).await,
+            }
+            .map_err(|e| store_error(&e))?;
+            total += count.max(0) as u64;
+        }
+        Ok(total)
+    }
+
+    /// Every key starting with `prefix`, one SCAN page (about [`BATCH`]
+    /// keys) at a time, on every cluster node; never KEYS. The next page is
+    /// requested only when this one is taken.
+    fn scan_pages(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<String>, StoreError>>, StoreError> {
+        let pattern = self.prefix_pattern(prefix);
+        let client = self.client()?.clone();
+        let pages = if self.clustered {
+            client.scan_cluster(pattern, Some(BATCH as u32), None).boxed()
+        } else {
+            client.scan(pattern, Some(BATCH as u32), None).boxed()
+        };
+        Ok(pages
+            .map(|page| {
+                let mut page = page.map_err(|e| store_error(&e))?;
+                let keys = page
+                    .take_results()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|k| k.into_string())
+                    .collect();
+                page.next();
+                Ok(keys)
+            })
+            .boxed())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum KeyCountCommand {
+    Unlink,
+    Exists,
+}
+
+/// Escapes Redis glob characters so a key part only ever matches itself.
+pub fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[async_trait]
@@ -160,22 +284,144 @@ impl HealthProbe for RedisConnection {
     }
 }
 
-/// Affinities in Redis, shared with Aether.
+/// Affinities in Redis, shared with Aether, with our indexes beside them:
+/// sorted sets scored by `expire_at` under `aether_control:idx:` (all
+/// entries; per client API key; per provider; per provider key). Members are
+/// `{affinity_key}:{API_FORMAT}:{global_model_id}`.
 pub struct RedisAffinityStore {
     redis: RedisConnection,
+    instance_id: String,
+    reconcile_lease: Duration,
     set_script: Script,
     invalidate_script: Script,
 }
 
 impl RedisAffinityStore {
-    /// A store over an existing connection.
-    pub fn new(redis: RedisConnection) -> Self {
+    /// A store over an existing connection. `reconcile_lease` is how long one
+    /// instance holds the reconcile lease (about the reconcile interval).
+    pub fn new(redis: RedisConnection, instance_id: &str, reconcile_lease: Duration) -> Self {
         Self {
             redis,
+            instance_id: instance_id.to_owned(),
+            reconcile_lease,
             set_script: Script::from_lua(SET_SCRIPT),
             invalidate_script: Script::from_lua(INVALIDATE_SCRIPT),
         }
     }
+
+    fn all_index(&self) -> String {
+        self.redis.own_key("idx:all")
+    }
+
+    fn index_key(&self, index: &IndexRef) -> String {
+        match index {
+            IndexRef::AffinityKey(id) => self.redis.own_key(&format!("idx:ak:{id}")),
+            IndexRef::Provider(id) => self.redis.own_key(&format!("idx:provider:{id}")),
+            IndexRef::ProviderKey(id) => self.redis.own_key(&format!("idx:pkey:{id}")),
+        }
+    }
+
+    /// The four index keys an entry belongs to.
+    fn index_keys_of(&self, key: &AffinityKey, record: &AffinityRecord) -> [String; 4] {
+        [
+            self.all_index(),
+            self.index_key(&IndexRef::AffinityKey(key.affinity_key.clone())),
+            self.index_key(&IndexRef::Provider(record.provider_id.clone())),
+            self.index_key(&IndexRef::ProviderKey(record.key_id.clone())),
+        ]
+    }
+
+    /// Adds entries to their indexes (one ZADD per index key). Returns how
+    /// many were new in the all-entries index.
+    async fn index(&self, entries: &[(AffinityKey, AffinityRecord)]) -> Result<u64, StoreError> {
+        let mut by_index: HashMap<String, Vec<(f64, String)>> = HashMap::new();
+        for (key, record) in entries {
+            for index in self.index_keys_of(key, record) {
+                by_index
+                    .entry(index)
+                    .or_default()
+                    .push((record.expire_at, key.member()));
+            }
+        }
+        let all = self.all_index();
+        let client = self.redis.client()?;
+        let mut added = 0;
+        for (index, members) in by_index {
+            for chunk in members.chunks(BATCH) {
+                let new: i64 = client
+                    .zadd(&index, None, None, false, false, chunk.to_vec())
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                if index == all {
+                    added += new.max(0) as u64;
+                }
+            }
+            let _: i64 = client
+                .expire(&index, INDEX_TTL_SECONDS, None)
+                .await
+                .map_err(|e| store_error(&e))?;
+        }
+        Ok(added)
+    }
+
+    /// Removes `member` from the given index keys.
+    async fn unindex(&self, member: &str, index_keys: &[String]) -> Result<(), StoreError> {
+        let client = self.redis.client()?;
+        futures::future::try_join_all(index_keys.iter().map(|index| client.zrem::<i64, _, _>(index, member)))
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    /// Runs the guarded-delete script on one entry.
+    async fn delete_guarded(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<String>, StoreError> {
+        let guard_arg = |g: &Option<String>| g.clone().unwrap_or_default();
+        let args = vec![
+            guard_arg(&guard.endpoint_id),
+            guard_arg(&guard.key_id),
+            guard_arg(&guard.provider_id),
+        ];
+        self.invalidate_script
+            .evalsha_with_reload(self.redis.client()?, vec![self.redis.key(&key.redis_key())], args)
+            .await
+            .map_err(|e| store_error(&e))
+    }
+
+    /// Deletes (or, dry, checks) one entry under a guard; true if it went.
+    async fn delete_one_guarded(
+        &self,
+        key: &AffinityKey,
+        guard: &InvalidationGuard,
+        dry_run: bool,
+        now: f64,
+    ) -> Result<bool, StoreError> {
+        if dry_run {
+            Ok(self.get(key, now).await?.is_some_and(|record| guard.matches(&record)))
+        } else {
+            self.invalidate(key, guard).await.map(|deleted| deleted.is_some())
+        }
+    }
+
+    /// Reads and parses entries by key; missing or unparsable ones are left out.
+    async fn read_entries(&self, keys: &[AffinityKey], now: f64) -> Result<Vec<Affinity>, StoreError> {
+        let names: Vec<String> = keys.iter().map(|k| self.redis.key(&k.redis_key())).collect();
+        let values = self.redis.mget(&names).await?;
+        Ok(keys
+            .iter()
+            .zip(&names)
+            .filter_map(|(key, name)| {
+                let record = AffinityRecord::from_json(values.get(name)?)?;
+                record.is_live(now).then(|| Affinity {
+                    key: key.clone(),
+                    record,
+                })
+            })
+            .collect())
+    }
+}
+
+fn is_empty(guard: &InvalidationGuard) -> bool {
+    guard.endpoint_id.is_none() && guard.key_id.is_none() && guard.provider_id.is_none()
 }
 
 fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
@@ -183,6 +429,11 @@ fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
         store: StoreKind::Redis,
         detail: format!("unparsable {what} value"),
     })
+}
+
+/// Score bound "at or after `now`".
+fn live_floor(now: f64) -> f64 {
+    now
 }
 
 #[async_trait]
@@ -238,6 +489,21 @@ impl AffinityStore for RedisAffinityStore {
                 )
             }
         };
+        // The entry is written; index upkeep that fails now is repaired by
+        // the reconciler, so it does not fail the call.
+        let mut upkeep = self.index(&[(key.clone(), record.clone())]).await.map(|_| ());
+        if let (Ok(()), Some(previous)) = (&upkeep, &previous) {
+            let new_indexes = self.index_keys_of(key, &record);
+            let stale: Vec<String> = self
+                .index_keys_of(key, previous)
+                .into_iter()
+                .filter(|k| !new_indexes.contains(k))
+                .collect();
+            upkeep = self.unindex(&key.member(), &stale).await;
+        }
+        if let Err(error) = upkeep {
+            tracing::warn!(%error, "affinity written but not indexed yet; the reconciler will add it");
+        }
         Ok(SetResult {
             record,
             outcome,
@@ -250,19 +516,330 @@ impl AffinityStore for RedisAffinityStore {
         key: &AffinityKey,
         guard: &InvalidationGuard,
     ) -> Result<Option<AffinityRecord>, StoreError> {
-        let guard_arg = |g: &Option<String>| g.clone().unwrap_or_default();
-        let args = vec![
-            guard_arg(&guard.endpoint_id),
-            guard_arg(&guard.key_id),
-            guard_arg(&guard.provider_id),
-        ];
+        let old = self.delete_guarded(key, guard).await?;
+        // A corrupt value deleted by an unguarded invalidation has no record.
+        let record = old.and_then(|text| AffinityRecord::from_json(&text));
+        if let Some(record) = &record
+            && let Err(error) = self.unindex(&key.member(), &self.index_keys_of(key, record)).await
+        {
+            tracing::warn!(%error, "affinity deleted; stale index members are dropped on read");
+        }
+        Ok(record)
+    }
+
+    async fn list_indexed(&self, indexes: &[IndexRef], now: f64) -> Result<Vec<Affinity>, StoreError> {
         let client = self.redis.client()?;
-        let old: Option<String> = self
-            .invalidate_script
-            .evalsha_with_reload(client, vec![self.redis.key(&key.redis_key())], args)
+        let index_keys: Vec<String> = indexes.iter().map(|i| self.index_key(i)).collect();
+        let member_lists = futures::future::try_join_all(index_keys.iter().map(|index| {
+            client.zrangebyscore::<Vec<String>, _, _, _>(index, live_floor(now), f64::INFINITY, false, None)
+        }))
+        .await
+        .map_err(|e| store_error(&e))?;
+        let mut wanted: BTreeMap<AffinityKey, Vec<usize>> = BTreeMap::new();
+        for (position, members) in member_lists.iter().enumerate() {
+            for member in members {
+                if let Some(key) = AffinityKey::from_member(member) {
+                    wanted.entry(key).or_default().push(position);
+                }
+            }
+        }
+        let keys: Vec<AffinityKey> = wanted.keys().cloned().collect();
+        let found = self.read_entries(&keys, now).await?;
+        let found_by_key: HashMap<&AffinityKey, &Affinity> = found.iter().map(|a| (&a.key, a)).collect();
+        let mut result = Vec::with_capacity(found.len());
+        let mut stale: Vec<(String, String)> = Vec::new();
+        for (key, positions) in &wanted {
+            let affinity = found_by_key.get(key);
+            let mut belongs = false;
+            for &position in positions {
+                match affinity {
+                    Some(a) if indexes[position].contains(a) => belongs = true,
+                    _ => stale.push((index_keys[position].clone(), key.member())),
+                }
+            }
+            if let (true, Some(affinity)) = (belongs, affinity) {
+                result.push((*affinity).clone());
+            }
+        }
+        // Members whose entry is gone or moved: drop them now (no ranks
+        // depend on these indexes), and expired ones by score.
+        let prune = futures::future::try_join_all(
+            stale
+                .iter()
+                .map(|(index, member)| client.zrem::<i64, _, _>(index, member.as_str())),
+        );
+        let expired = futures::future::try_join_all(
+            index_keys
+                .iter()
+                .map(|index| client.zremrangebyscore::<i64, _, _, _>(index, f64::NEG_INFINITY, now - 1.0)),
+        );
+        if let Err(error) = futures::future::try_join(prune, expired).await {
+            tracing::debug!(%error, "index pruning skipped");
+        }
+        Ok(result)
+    }
+
+    async fn page(&self, offset: u64, limit: u64, now: f64) -> Result<Page, StoreError> {
+        let client = self.redis.client()?;
+        let all = self.all_index();
+        let total: u64 = client
+            .zcount::<i64, _>(&all, live_floor(now), f64::INFINITY)
+            .await
+            .map_err(|e| store_error(&e))?
+            .max(0) as u64;
+        let mut affinities = Vec::new();
+        let mut rank = offset;
+        // Members whose entry vanished (deleted by Aether) are skipped, so a
+        // page may read a few more ranks than it returns.
+        while (affinities.len() as u64) < limit && rank < total {
+            let want = (limit - affinities.len() as u64).min(BATCH as u64);
+            let members: Vec<String> = client
+                .zrevrange(&all, rank as i64, (rank + want - 1) as i64, false)
+                .await
+                .map_err(|e| store_error(&e))?;
+            if members.is_empty() {
+                break;
+            }
+            rank += members.len() as u64;
+            let keys: Vec<AffinityKey> = members.iter().filter_map(|m| AffinityKey::from_member(m)).collect();
+            let mut found = self.read_entries(&keys, now).await?;
+            found.sort_by(|a, b| b.record.expire_at.total_cmp(&a.record.expire_at));
+            affinities.extend(found);
+        }
+        Ok(Page {
+            affinities,
+            next_offset: (rank < total).then_some(rank),
+            total,
+        })
+    }
+
+    async fn count_live(&self, now: f64) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .redis
+            .client()?
+            .zcount(self.all_index(), live_floor(now), f64::INFINITY)
             .await
             .map_err(|e| store_error(&e))?;
-        // A corrupt value deleted by an unguarded invalidation has no record.
-        Ok(old.and_then(|text| AffinityRecord::from_json(&text)))
+        Ok(count.max(0) as u64)
+    }
+
+    async fn delete_many(
+        &self,
+        keys: &[AffinityKey],
+        guard: &InvalidationGuard,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        if is_empty(guard) {
+            let names: Vec<String> = keys.iter().map(|k| self.redis.key(&k.redis_key())).collect();
+            let command = if dry_run {
+                KeyCountCommand::Exists
+            } else {
+                KeyCountCommand::Unlink
+            };
+            let count = self.redis.sum_over_batches(command, names).await?;
+            if !dry_run {
+                let client = self.redis.client()?;
+                let mut by_index: HashMap<String, Vec<String>> = HashMap::new();
+                for key in keys {
+                    by_index.entry(self.all_index()).or_default().push(key.member());
+                    by_index
+                        .entry(self.index_key(&IndexRef::AffinityKey(key.affinity_key.clone())))
+                        .or_default()
+                        .push(key.member());
+                }
+                for (index, members) in by_index {
+                    for chunk in members.chunks(BATCH) {
+                        let _: i64 = client.zrem(&index, chunk.to_vec()).await.map_err(|e| store_error(&e))?;
+                    }
+                }
+            }
+            return Ok(count);
+        }
+        // Guarded: each entry is checked and deleted atomically, so an entry
+        // that moved to another provider meanwhile is left alone.
+        let now = crate::domain::affinity::now_epoch();
+        let mut deleted = 0;
+        // 64 scripts in flight at a time: pipelined, yet never a long block.
+        for chunk in keys.chunks(64) {
+            let results = futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|key| self.delete_one_guarded(key, guard, dry_run, now)),
+            )
+            .await?;
+            deleted += results.into_iter().filter(|went| *went).count() as u64;
+        }
+        Ok(deleted)
+    }
+
+    async fn clear_all(&self, dry_run: bool) -> Result<u64, StoreError> {
+        let command = if dry_run {
+            KeyCountCommand::Exists
+        } else {
+            KeyCountCommand::Unlink
+        };
+        let mut total = 0;
+        let mut pages = self.redis.scan_pages(KEY_PREFIX)?;
+        while let Some(keys) = pages.try_next().await? {
+            total += self.redis.sum_over_batches(command, keys).await?;
+        }
+        if !dry_run {
+            // Index sets go too (UNLINK frees big ones in the background).
+            let mut pages = self.redis.scan_pages(&format!("{OWN_PREFIX}idx:"))?;
+            while let Some(keys) = pages.try_next().await? {
+                self.redis.sum_over_batches(KeyCountCommand::Unlink, keys).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn reconcile(&self, now: f64) -> Result<u64, StoreError> {
+        let lease_key = self.redis.own_key("reconcile:lease");
+        let lease_ms = self.reconcile_lease.as_millis().max(1) as i64;
+        let acquired: Option<String> = self
+            .redis
+            .client()?
+            .set(
+                &lease_key,
+                self.instance_id.as_str(),
+                Some(Expiration::PX(lease_ms)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        if acquired.is_none() {
+            return Ok(0);
+        }
+        let mut added = 0;
+        let prefix_len = self.redis.key(KEY_PREFIX).len();
+        let mut pages = self.redis.scan_pages(KEY_PREFIX)?;
+        while let Some(names) = pages.try_next().await? {
+            let values = self.redis.mget(&names).await?;
+            let entries: Vec<(AffinityKey, AffinityRecord)> = values
+                .iter()
+                .filter_map(|(name, value)| {
+                    let key = AffinityKey::from_member(name.get(prefix_len..)?)?;
+                    let record = AffinityRecord::from_json(value)?;
+                    record.is_live(now).then_some((key, record))
+                })
+                .collect();
+            added += self.index(&entries).await?;
+        }
+        let _: i64 = self
+            .redis
+            .client()?
+            .zremrangebyscore(self.all_index(), f64::NEG_INFINITY, now - 1.0)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(added)
+    }
+}
+
+/// Counters in one Redis hash, `aether_control:stats`.
+pub struct RedisCounterStore {
+    redis: RedisConnection,
+}
+
+impl RedisCounterStore {
+    /// Counters over an existing connection.
+    pub fn new(redis: RedisConnection) -> Self {
+        Self { redis }
+    }
+}
+
+#[async_trait]
+impl CounterStore for RedisCounterStore {
+    async fn add(&self, deltas: &[(String, i64)]) -> Result<(), StoreError> {
+        let client = self.redis.client()?;
+        let key = self.redis.own_key("stats");
+        futures::future::try_join_all(
+            deltas
+                .iter()
+                .map(|(name, delta)| client.hincrby::<i64, _, _>(&key, name.as_str(), *delta)),
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<HashMap<String, i64>, StoreError> {
+        self.redis
+            .client()?
+            .hgetall(self.redis.own_key("stats"))
+            .await
+            .map_err(|e| store_error(&e))
+    }
+}
+
+/// Events over Redis pub/sub (`aether_control:events`), re-broadcast to this
+/// instance's watchers by one subscriber connection.
+pub struct RedisEventBus {
+    redis: RedisConnection,
+    channel: String,
+    sender: broadcast::Sender<AffinityEvent>,
+}
+
+impl RedisEventBus {
+    /// Starts the subscriber (it reconnects and resubscribes by itself).
+    pub fn start(redis: RedisConnection) -> Result<Self, StoreError> {
+        let channel = redis.own_key("events");
+        let (sender, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let subscriber: SubscriberClient = redis.builder.build_subscriber_client().map_err(|e| store_error(&e))?;
+        let forward = sender.clone();
+        let subscribed_channel = channel.clone();
+        tokio::spawn(async move {
+            let mut messages = subscriber.message_rx();
+            let _connection = subscriber.connect();
+            let _resubscriber = subscriber.manage_subscriptions();
+            if let Err(error) = subscriber.wait_for_connect().await {
+                tracing::warn!(%error, "event subscriber could not connect yet; it keeps retrying");
+            }
+            if let Err(error) = subscriber.subscribe(subscribed_channel.as_str()).await {
+                tracing::warn!(%error, "event subscription failed; it is retried on reconnect");
+            }
+            loop {
+                match messages.recv().await {
+                    Ok(message) => {
+                        let event = message
+                            .value
+                            .as_str()
+                            .and_then(|text| serde_json::from_str::<AffinityEvent>(&text).ok());
+                        match event {
+                            Some(event) => {
+                                let _ = forward.send(event);
+                            }
+                            None => tracing::warn!("ignoring an unparsable affinity event"),
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event subscriber fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(Self { redis, channel, sender })
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisEventBus {
+    async fn publish(&self, event: &AffinityEvent) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(event).map_err(|e| StoreError::Internal {
+            store: StoreKind::Redis,
+            detail: e.to_string(),
+        })?;
+        let _: i64 = self
+            .redis
+            .client()?
+            .publish(self.channel.as_str(), payload)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
+        self.sender.subscribe()
     }
 }

@@ -1,6 +1,7 @@
 //! Shared test support: real stores, isolated per test.
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod pg;
 pub mod proxy;
 pub mod redis;

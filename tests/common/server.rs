@@ -43,11 +43,41 @@ impl TestServer {
         let handle = tokio::spawn(server::serve(config, listener, async {
             let _ = rx.await;
         }));
-        Self {
+        let server = Self {
             addr,
             shutdown: Some(tx),
             handle,
             _data_dir: data_dir,
+        };
+        server.wait_answering().await;
+        server
+    }
+
+    /// Waits until the gRPC server answers (its stores are open and
+    /// migrated by then), whatever health it reports.
+    async fn wait_answering(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr))
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(request)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(!self.handle.is_finished(), "the server stopped while starting");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not answer within 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
     }
 

@@ -1,15 +1,17 @@
 //! Cache affinity: the types, Aether's key and JSON value, and the pure rules
 //! of a sliding-TTL write. Stores implement the rules atomically.
 
-use std::sync::Arc;
+pub mod engine;
+pub mod events;
+pub mod listing;
+pub mod stats;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MAX_AFFINITY_TTL;
 use crate::domain::validate;
 use crate::error::{Error, Result};
-use crate::store::AffinityStore;
 
 /// Aether's API formats (upper case, as they appear in keys). Requests may
 /// use any case.
@@ -34,7 +36,7 @@ pub fn parse_api_format(field: &'static str, value: &str) -> Result<String> {
 }
 
 /// What an affinity is for: a client API key, an API format and a global model.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AffinityKey {
     /// `api_keys.id` of the caller.
     pub affinity_key: String,
@@ -56,11 +58,63 @@ impl AffinityKey {
 
     /// Aether's Redis key, without any namespace.
     pub fn redis_key(&self) -> String {
-        format!(
-            "{KEY_PREFIX}{}:{}:{}",
-            self.affinity_key, self.api_format, self.global_model_id
-        )
+        format!("{KEY_PREFIX}{}", self.member())
     }
+
+    /// The key without Aether's prefix: `{affinity_key}:{API_FORMAT}:{global_model_id}`,
+    /// the member name in our indexes.
+    pub fn member(&self) -> String {
+        format!("{}:{}:{}", self.affinity_key, self.api_format, self.global_model_id)
+    }
+
+    /// Parses a member or an Aether key (after its prefix) back into a key.
+    /// Parts are not re-validated: they come from the store, not a caller.
+    pub fn from_member(member: &str) -> Option<Self> {
+        let mut parts = member.splitn(3, ':');
+        let (affinity_key, api_format, global_model_id) = (parts.next()?, parts.next()?, parts.next()?);
+        if affinity_key.is_empty() || api_format.is_empty() || global_model_id.is_empty() {
+            return None;
+        }
+        Some(Self {
+            affinity_key: affinity_key.to_owned(),
+            api_format: api_format.to_owned(),
+            global_model_id: global_model_id.to_owned(),
+        })
+    }
+}
+
+/// A secondary index over affinities; every index is a superset hint that
+/// readers verify against the stored value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IndexRef {
+    /// Affinities of one client API key.
+    AffinityKey(String),
+    /// Affinities pinned to one provider.
+    Provider(String),
+    /// Affinities pinned to one provider key.
+    ProviderKey(String),
+}
+
+impl IndexRef {
+    /// Whether a stored affinity belongs to this index.
+    pub fn contains(&self, affinity: &Affinity) -> bool {
+        match self {
+            Self::AffinityKey(id) => &affinity.key.affinity_key == id,
+            Self::Provider(id) => &affinity.record.provider_id == id,
+            Self::ProviderKey(id) => &affinity.record.key_id == id,
+        }
+    }
+}
+
+/// One page of all live affinities, newest expiry first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The entries.
+    pub affinities: Vec<Affinity>,
+    /// Rank to continue from, when more may follow.
+    pub next_offset: Option<u64>,
+    /// Live entries in the index.
+    pub total: u64,
 }
 
 /// The upstream an affinity pins a request to.
@@ -180,7 +234,7 @@ impl AffinityRecord {
 }
 
 /// One affinity: its key and its value.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Affinity {
     /// Which client/format/model.
     pub key: AffinityKey,
@@ -287,71 +341,6 @@ pub fn now_epoch() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The affinity use cases, over any [`AffinityStore`].
-#[derive(Clone)]
-pub struct AffinityEngine {
-    store: Arc<dyn AffinityStore>,
-    default_ttl: Duration,
-}
-
-impl AffinityEngine {
-    /// An engine over `store`, using `default_ttl` when a write gives none.
-    pub fn new(store: Arc<dyn AffinityStore>, default_ttl: Duration) -> Self {
-        Self { store, default_ttl }
-    }
-
-    /// The live affinity for `key`.
-    pub async fn get(&self, key: &AffinityKey) -> Result<Affinity> {
-        match self.store.get(key, now_epoch()).await? {
-            Some(record) => Ok(Affinity {
-                key: key.clone(),
-                record,
-            }),
-            None => Err(Error::not_found("affinity", key.redis_key())),
-        }
-    }
-
-    /// Records a write; validates the target and TTL.
-    pub async fn set(
-        &self,
-        key: &AffinityKey,
-        target: AffinityTarget,
-        model_name: &str,
-        ttl: Option<Duration>,
-    ) -> Result<SetResult> {
-        let target = AffinityTarget {
-            provider_id: validate::key_part("provider_id", &target.provider_id)?,
-            endpoint_id: validate::key_part("endpoint_id", &target.endpoint_id)?,
-            key_id: validate::key_part("key_id", &target.key_id)?,
-        };
-        let model_name = if model_name.is_empty() {
-            key.global_model_id.clone()
-        } else {
-            validate::key_part("model_name", model_name)?
-        };
-        let ttl = ttl.unwrap_or(self.default_ttl);
-        if ttl < Duration::from_secs(1) || ttl > MAX_AFFINITY_TTL {
-            return Err(Error::invalid("ttl", "must be between 1s and 7 days"));
-        }
-        let write = AffinityWrite {
-            target,
-            model_name,
-            ttl,
-        };
-        Ok(self.store.set(key, &write, now_epoch()).await?)
-    }
-
-    /// Deletes the entry when the guards match; returns the deleted value.
-    pub async fn invalidate(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<AffinityRecord>> {
-        Ok(self.store.invalidate(key, guard).await?)
-    }
-
-    /// The TTL used when a write gives none.
-    pub fn default_ttl(&self) -> Duration {
-        self.default_ttl
-    }
 }
 
 #[cfg(test)]

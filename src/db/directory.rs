@@ -1,0 +1,431 @@
+//! [`Directory`] over sea-orm: Aether's `users`, `api_keys`, `providers`,
+//! `provider_endpoints`, `provider_api_keys`, `global_models` and `system_configs`
+//! tables, on
+//! PostgreSQL or SQLite.
+//!
+//! Only the columns a method needs are selected (as tuples), so Aether's wider
+//! rows (JSON, timestamps) are never decoded here. Id lists are deduplicated
+//! and sent in chunks of [`CHUNK`] so no statement comes near a backend's
+//! bind-parameter limit (SQLite 32766, PostgreSQL 65535).
+//!
+//! Keyword search is a case-insensitive substring match written as
+//! `LOWER(col) LIKE LOWER(?) ESCAPE '\'`, with `\`, `%` and `_` of the keyword
+//! escaped, so every character of the keyword is literal. Both sides are
+//! lower-cased by the same database function, so a keyword always finds a
+//! value spelled with the same case. Folding of other cases follows the
+//! backend: PostgreSQL's `LOWER` folds whatever the database's `LC_CTYPE`
+//! knows (only ASCII under the `C` locale); SQLite's `LOWER` (without the ICU
+//! extension) folds ASCII only, so on SQLite non-ASCII case folding is
+//! best-effort (`É` does not find `é`). A substring match cannot use a b-tree
+//! index, so [`Directory::search`] reads the searched columns in full.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Value,
+};
+
+use crate::db::entities::{
+    api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
+};
+use crate::db::store_error;
+use crate::domain::directory::{
+    ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
+};
+use crate::error::StoreError;
+
+/// Ids per `IN (...)` query.
+const CHUNK: usize = 500;
+
+/// The `LIKE` escape character.
+const LIKE_ESCAPE: char = '\\';
+
+/// The selected columns of an `api_keys` row, in [`api_key_columns`] order.
+type ApiKeyRow = (String, String, Option<String>, Option<String>, bool);
+
+/// [`Directory`] over a sea-orm connection (PostgreSQL or SQLite).
+#[derive(Clone)]
+pub struct SeaOrmDirectory {
+    db: DatabaseConnection,
+}
+
+impl SeaOrmDirectory {
+    /// Reads through `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn db_error(error: DbErr) -> StoreError {
+    store_error(&error)
+}
+
+/// The `api_keys` columns of an [`ApiKeySummary`].
+fn api_key_columns() -> [api_keys::Column; 5] {
+    [
+        api_keys::Column::Id,
+        api_keys::Column::UserId,
+        api_keys::Column::Name,
+        api_keys::Column::KeyEncrypted,
+        api_keys::Column::IsStandalone,
+    ]
+}
+
+fn api_key_summary((id, user_id, name, key_encrypted, is_standalone): ApiKeyRow) -> ApiKeySummary {
+    ApiKeySummary {
+        id,
+        user_id,
+        name,
+        key_encrypted,
+        is_standalone,
+    }
+}
+
+/// `ids` without repeats (first occurrence kept), in chunks of [`CHUNK`].
+fn unique_chunks(ids: &[String]) -> Vec<Vec<String>> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
+    unique.chunks(CHUNK).map(<[String]>::to_vec).collect()
+}
+
+/// A `LIKE` pattern matching values that contain `keyword`, every character
+/// of which is literal (`\`, `%` and `_` are escaped with [`LIKE_ESCAPE`]).
+fn contains_pattern(keyword: &str) -> String {
+    let mut pattern = String::with_capacity(keyword.len() + 2);
+    pattern.push('%');
+    for c in keyword.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push(LIKE_ESCAPE);
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// `LOWER(table.column) LIKE LOWER(<pattern>) ESCAPE '\'`, the pattern bound
+/// as a parameter.
+fn matches_ci(column: impl ColumnTrait, pattern: &str) -> Expr {
+    let lowered_pattern = Expr::expr(Func::lower(Expr::val(pattern.to_owned())));
+    Expr::expr(Func::lower(Expr::col(column.as_column_ref()))).binary(
+        BinOper::Like,
+        lowered_pattern.binary(BinOper::Escape, Expr::Constant(Value::Char(Some(LIKE_ESCAPE)))),
+    )
+}
+
+#[async_trait]
+impl Directory for SeaOrmDirectory {
+    async fn match_user(&self, identifier: &str) -> Result<Vec<UserMatch>, StoreError> {
+        // Each of users.id / username / email is unique, so at most one row
+        // matches per column; one query finds them all.
+        let users: Vec<(String, String, String)> = users::Entity::find()
+            .select_only()
+            .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+            .filter(
+                Condition::any()
+                    .add(users::Column::Id.eq(identifier))
+                    .add(users::Column::Username.eq(identifier))
+                    .add(users::Column::Email.eq(identifier)),
+            )
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+        let mut matches = Vec::new();
+        for (id, username, email) in users {
+            // The database compared with `=`; compare again to learn which
+            // column matched (both are exact, byte-wise comparisons).
+            for (kind, value) in [
+                (MatchKind::UserId, &id),
+                (MatchKind::Username, &username),
+                (MatchKind::Email, &email),
+            ] {
+                if value == identifier {
+                    matches.push(UserMatch {
+                        kind,
+                        user_id: id.clone(),
+                        api_key_id: None,
+                    });
+                }
+            }
+        }
+        matches.sort_by_key(|m| m.kind);
+
+        let key: Option<(String, String)> = api_keys::Entity::find()
+            .select_only()
+            .columns([api_keys::Column::Id, api_keys::Column::UserId])
+            .filter(api_keys::Column::Id.eq(identifier))
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        if let Some((key_id, user_id)) = key {
+            matches.push(UserMatch {
+                kind: MatchKind::ApiKeyId,
+                user_id,
+                api_key_id: Some(key_id),
+            });
+        }
+        Ok(matches)
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeySummary>, StoreError> {
+        let row: Option<ApiKeyRow> = api_keys::Entity::find()
+            .select_only()
+            .columns(api_key_columns())
+            .filter(api_keys::Column::Id.eq(id))
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(row.map(api_key_summary))
+    }
+
+    async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
+        let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
+            .select_only()
+            .columns(api_key_columns())
+            .filter(api_keys::Column::UserId.eq(user_id))
+            .order_by_asc(api_keys::Column::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(api_key_summary).collect())
+    }
+
+    async fn api_keys(&self, ids: &[String]) -> Result<Vec<ApiKeySummary>, StoreError> {
+        let mut keys = Vec::new();
+        for chunk in unique_chunks(ids) {
+            let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
+                .select_only()
+                .columns(api_key_columns())
+                .filter(api_keys::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            keys.extend(rows.into_iter().map(api_key_summary));
+        }
+        Ok(keys)
+    }
+
+    async fn users(&self, ids: &[String]) -> Result<Vec<UserSummary>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in unique_chunks(ids) {
+            let rows: Vec<(String, String, String)> = users::Entity::find()
+                .select_only()
+                .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+                .filter(users::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            found.extend(
+                rows.into_iter()
+                    .map(|(id, username, email)| UserSummary { id, username, email }),
+            );
+        }
+        Ok(found)
+    }
+
+    async fn upstream_names(
+        &self,
+        provider_ids: &[String],
+        endpoint_ids: &[String],
+        provider_key_ids: &[String],
+        global_model_ids: &[String],
+    ) -> Result<UpstreamNames, StoreError> {
+        let mut names = UpstreamNames::default();
+        for chunk in unique_chunks(provider_ids) {
+            let rows: Vec<(String, String)> = providers::Entity::find()
+                .select_only()
+                .columns([providers::Column::Id, providers::Column::DisplayName])
+                .filter(providers::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            names.provider_display_names.extend(rows);
+        }
+        for chunk in unique_chunks(endpoint_ids) {
+            let rows: Vec<(String, String, String)> = provider_endpoints::Entity::find()
+                .select_only()
+                .columns([
+                    provider_endpoints::Column::Id,
+                    provider_endpoints::Column::ApiFormat,
+                    provider_endpoints::Column::BaseUrl,
+                ])
+                .filter(provider_endpoints::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            names.endpoints.extend(
+                rows.into_iter()
+                    .map(|(id, api_format, base_url)| (id, (api_format, base_url))),
+            );
+        }
+        for chunk in unique_chunks(provider_key_ids) {
+            let rows: Vec<(String, String, String, f64)> = provider_api_keys::Entity::find()
+                .select_only()
+                .columns([
+                    provider_api_keys::Column::Id,
+                    provider_api_keys::Column::Name,
+                    provider_api_keys::Column::ApiKey,
+                    provider_api_keys::Column::RateMultiplier,
+                ])
+                .filter(provider_api_keys::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            names
+                .provider_keys
+                .extend(rows.into_iter().map(|(id, name, api_key_encrypted, rate_multiplier)| {
+                    (
+                        id,
+                        ProviderKeySummary {
+                            name,
+                            api_key_encrypted,
+                            rate_multiplier,
+                        },
+                    )
+                }));
+        }
+        for chunk in unique_chunks(global_model_ids) {
+            let rows: Vec<(String, String, String)> = global_models::Entity::find()
+                .select_only()
+                .columns([
+                    global_models::Column::Id,
+                    global_models::Column::Name,
+                    global_models::Column::DisplayName,
+                ])
+                .filter(global_models::Column::Id.is_in(chunk))
+                .into_tuple()
+                .all(&self.db)
+                .await
+                .map_err(db_error)?;
+            names.global_models.extend(
+                rows.into_iter()
+                    .map(|(id, name, display_name)| (id, (name, display_name))),
+            );
+        }
+        Ok(names)
+    }
+
+    async fn system_config(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        system_configs::Entity::find()
+            .select_only()
+            .column(system_configs::Column::Value)
+            .filter(system_configs::Column::Key.eq(key))
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn search(&self, keyword: &str, limit: u64) -> Result<KeywordHits, StoreError> {
+        if limit == 0 {
+            return Ok(KeywordHits::default());
+        }
+        // sqlx binds LIMIT as i64 (and panics on a larger u64).
+        let limit = Ord::min(limit, i64::MAX as u64);
+        let pattern = contains_pattern(keyword);
+
+        let matching_users = users::Entity::find()
+            .select_only()
+            .column(users::Column::Id)
+            .filter(
+                Condition::any()
+                    .add(matches_ci(users::Column::Id, &pattern))
+                    .add(matches_ci(users::Column::Username, &pattern))
+                    .add(matches_ci(users::Column::Email, &pattern)),
+            )
+            .into_query();
+        let affinity_keys: Vec<String> = api_keys::Entity::find()
+            .select_only()
+            .column(api_keys::Column::Id)
+            .filter(
+                Condition::any()
+                    .add(matches_ci(api_keys::Column::Id, &pattern))
+                    .add(matches_ci(api_keys::Column::Name, &pattern))
+                    .add(api_keys::Column::UserId.in_subquery(matching_users)),
+            )
+            .order_by_asc(api_keys::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+
+        let provider_ids: Vec<String> = providers::Entity::find()
+            .select_only()
+            .column(providers::Column::Id)
+            .filter(matches_ci(providers::Column::Id, &pattern))
+            .order_by_asc(providers::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+
+        let provider_key_ids: Vec<String> = provider_api_keys::Entity::find()
+            .select_only()
+            .column(provider_api_keys::Column::Id)
+            .filter(matches_ci(provider_api_keys::Column::Id, &pattern))
+            .order_by_asc(provider_api_keys::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error)?;
+
+        Ok(KeywordHits {
+            affinity_keys,
+            provider_ids,
+            provider_key_ids,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, EntityTrait, QueryFilter, QueryTrait};
+
+    use super::*;
+
+    #[test]
+    fn pattern_escapes_like_metacharacters() {
+        assert_eq!(contains_pattern("abc"), "%abc%");
+        assert_eq!(contains_pattern(r"50%_o\k"), r"%50\%\_o\\k%");
+        assert_eq!(contains_pattern("*?[É"), "%*?[É%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
+
+    #[test]
+    fn chunks_are_deduplicated_and_bounded() {
+        let ids: Vec<String> = (0..1203).map(|i| format!("id-{}", i % 1201)).collect();
+        let chunks = unique_chunks(&ids);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 201]);
+        assert!(unique_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn like_renders_with_escape_clause() {
+        let query = api_keys::Entity::find().filter(matches_ci(api_keys::Column::Name, "%x%"));
+        let postgres = query.clone().build(DbBackend::Postgres).to_string();
+        assert!(
+            postgres.ends_with(r#"WHERE LOWER("api_keys"."name") LIKE LOWER('%x%') ESCAPE E'\\'"#),
+            "{postgres}"
+        );
+        let sqlite = query.build(DbBackend::Sqlite).to_string();
+        assert!(
+            sqlite.ends_with(r#"WHERE LOWER("api_keys"."name") LIKE LOWER('%x%') ESCAPE '\'"#),
+            "{sqlite}"
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! The affinity use cases: the data plane (get / set / invalidate) and the
+//! operator calls of Aether's cache-monitoring API, over the store traits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::events::{AffinityEvent, EventKind, InvalidationReason};
+use super::listing::{self, AffinityDetail, PageToken, ResolvedUser};
+use super::stats::{AffinityStats, CounterBuffer, names};
+use super::{
+    Affinity, AffinityKey, AffinityRecord, AffinityTarget, AffinityWrite, IndexRef, InvalidationGuard, SetOutcome,
+    SetResult, now_epoch,
+};
+use crate::config::MAX_AFFINITY_TTL;
+use crate::domain::crypto::KeyCipher;
+use crate::domain::directory::{Directory, MatchKind};
+use crate::domain::validate;
+use crate::error::{Error, Result, StoreError};
+use crate::store::{AffinityStore, CounterStore, EventBus};
+
+/// Most ids of each kind a free-text keyword may expand to.
+const KEYWORD_HIT_LIMIT: u64 = 1000;
+
+/// Settings the engine reports and runs with.
+#[derive(Clone, Debug)]
+pub struct AffinitySettings {
+    /// TTL when a write gives none.
+    pub default_ttl: Duration,
+    /// How often the reconciler runs.
+    pub reconcile_interval: Duration,
+    /// This instance, in events.
+    pub instance_id: String,
+}
+
+/// The stores the engine works over.
+#[derive(Clone)]
+pub struct AffinityStores {
+    /// Entries and indexes.
+    pub affinities: Arc<dyn AffinityStore>,
+    /// Shared counters.
+    pub counters: Arc<dyn CounterStore>,
+    /// Event fan-out.
+    pub events: Arc<dyn EventBus>,
+    /// Aether's tables.
+    pub directory: Arc<dyn Directory>,
+    /// Decrypts stored keys for masking.
+    pub cipher: Arc<KeyCipher>,
+}
+
+/// Aether's scheduling switches from `system_configs` (its defaults when unset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulingModes {
+    /// `scheduling_mode`: cache_affinity or fixed_order.
+    pub scheduling_mode: String,
+    /// `provider_priority_mode`: provider or global_key.
+    pub provider_priority_mode: String,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AffinityListing {
+    /// Entries, newest expiry first.
+    pub details: Vec<AffinityDetail>,
+    /// Token for the next page, if any.
+    pub next_page_token: Option<String>,
+    /// Entries matching the filter.
+    pub total: u64,
+    /// The user the keyword resolved to.
+    pub matched_user_id: Option<String>,
+    /// The API key the keyword matched.
+    pub matched_api_key_id: Option<String>,
+}
+
+/// A user's affinities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserAffinities {
+    /// Who.
+    pub user: ResolvedUser,
+    /// Their live affinities, newest expiry first.
+    pub details: Vec<AffinityDetail>,
+    /// Distinct endpoints among them.
+    pub total_endpoints: usize,
+}
+
+/// The affinity use cases.
+#[derive(Clone)]
+pub struct AffinityEngine {
+    stores: AffinityStores,
+    settings: AffinitySettings,
+    pending: Arc<CounterBuffer>,
+}
+
+fn newest_first(affinities: &mut [Affinity]) {
+    affinities.sort_by(|a, b| {
+        b.record
+            .expire_at
+            .total_cmp(&a.record.expire_at)
+            .then_with(|| a.key.cmp(&b.key))
+    });
+}
+
+impl AffinityEngine {
+    /// An engine over `stores`.
+    pub fn new(stores: AffinityStores, settings: AffinitySettings) -> Self {
+        Self {
+            stores,
+            settings,
+            pending: Arc::new(CounterBuffer::default()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &AffinitySettings {
+        &self.settings
+    }
+
+    /// "redis" or "memory".
+    pub fn storage_type(&self) -> &'static str {
+        self.stores.affinities.storage_type()
+    }
+
+    async fn publish(
+        &self,
+        kind: EventKind,
+        affinity: Affinity,
+        previous: Option<AffinityRecord>,
+        reason: Option<InvalidationReason>,
+    ) {
+        let event = AffinityEvent {
+            kind,
+            affinity,
+            previous,
+            reason,
+            occurred_at: now_epoch(),
+            instance_id: self.settings.instance_id.clone(),
+        };
+        // Events are best effort: the change itself has been made.
+        if let Err(error) = self.stores.events.publish(&event).await {
+            tracing::warn!(%error, "affinity event not published");
+        }
+    }
+
+    /// The live affinity for `key`; counts a hit or a miss.
+    pub async fn get(&self, key: &AffinityKey) -> Result<Affinity> {
+        match self.stores.affinities.get(key, now_epoch()).await? {
+            Some(record) => {
+                self.pending.add(names::CACHE_HITS, 1);
+                Ok(Affinity {
+                    key: key.clone(),
+                    record,
+                })
+            }
+            None => {
+                self.pending.add(names::CACHE_MISSES, 1);
+                Err(Error::not_found("affinity", key.redis_key()))
+            }
+        }
+    }
+
+    /// Records a write; validates the target and TTL.
+    pub async fn set(
+        &self,
+        key: &AffinityKey,
+        target: AffinityTarget,
+        model_name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<SetResult> {
+        let target = AffinityTarget {
+            provider_id: validate::key_part("provider_id", &target.provider_id)?,
+            endpoint_id: validate::key_part("endpoint_id", &target.endpoint_id)?,
+            key_id: validate::key_part("key_id", &target.key_id)?,
+        };
+        let model_name = if model_name.is_empty() {
+            key.global_model_id.clone()
+        } else {
+            validate::key_part("model_name", model_name)?
+        };
+        let ttl = ttl.unwrap_or(self.settings.default_ttl);
+        if ttl < Duration::from_secs(1) || ttl > MAX_AFFINITY_TTL {
+            return Err(Error::invalid("ttl", "must be between 1s and 7 days"));
+        }
+        let write = AffinityWrite {
+            target,
+            model_name,
+            ttl,
+        };
+        let result = self.stores.affinities.set(key, &write, now_epoch()).await?;
+        match result.outcome {
+            SetOutcome::Created => self.pending.add(names::TOTAL_AFFINITIES, 1),
+            SetOutcome::Refreshed => {}
+            SetOutcome::Switched { provider_changed } => {
+                self.pending.add(names::KEY_SWITCHES, 1);
+                if provider_changed {
+                    self.pending.add(names::PROVIDER_SWITCHES, 1);
+                }
+            }
+        }
+        let affinity = Affinity {
+            key: key.clone(),
+            record: result.record.clone(),
+        };
+        self.publish(result.outcome.into(), affinity, result.previous.clone(), None)
+            .await;
+        Ok(result)
+    }
+
+    /// Deletes the entry when the guards match; returns the deleted value.
+    pub async fn invalidate(
+        &self,
+        key: &AffinityKey,
+        guard: &InvalidationGuard,
+        reason: InvalidationReason,
+    ) -> Result<Option<AffinityRecord>> {
+        let deleted = self.stores.affinities.invalidate(key, guard).await?;
+        if let Some(record) = &deleted {
+            self.pending.invalidated(reason, 1);
+            let affinity = Affinity {
+                key: key.clone(),
+                record: record.clone(),
+            };
+            self.publish(EventKind::Invalidated, affinity, None, Some(reason)).await;
+        }
+        Ok(deleted)
+    }
+
+    /// DeleteAffinity: deletes one entry only if pinned to `endpoint_id`.
+    pub async fn delete_one(&self, key: &AffinityKey, endpoint_id: &str) -> Result<Affinity> {
+        let guard = InvalidationGuard {
+            endpoint_id: Some(validate::key_part("endpoint_id", endpoint_id)?),
+            ..Default::default()
+        };
+        match self.invalidate(key, &guard, InvalidationReason::Admin).await? {
+            Some(record) => Ok(Affinity {
+                key: key.clone(),
+                record,
+            }),
+            None => Err(Error::not_found("affinity", key.redis_key())),
+        }
+    }
+
+    /// Aether's scheduling switches as stored in `system_configs`.
+    pub async fn scheduling_modes(&self) -> Result<SchedulingModes> {
+        let read = |key: &'static str, default: &'static str| async move {
+            let value = self.stores.directory.system_config(key).await?;
+            Ok::<_, Error>(value.as_ref().and_then(|v| v.as_str()).unwrap_or(default).to_owned())
+        };
+        Ok(SchedulingModes {
+            scheduling_mode: read("scheduling_mode", "cache_affinity").await?,
+            provider_priority_mode: read("provider_priority_mode", "provider").await?,
+        })
+    }
+
+    /// The shared counters plus this instance's unflushed deltas.
+    pub async fn stats(&self) -> Result<AffinityStats> {
+        let stored = self.stores.counters.load().await?;
+        let active = self.stores.affinities.count_live(now_epoch()).await?;
+        Ok(AffinityStats::from_counters(
+            self.storage_type(),
+            active,
+            &stored,
+            &self.pending.snapshot(),
+        ))
+    }
+
+    /// Adds pending counter deltas to the shared store; on failure they are
+    /// kept for the next flush.
+    pub async fn flush_counters(&self) -> std::result::Result<(), StoreError> {
+        let deltas = self.pending.take();
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let result = self.stores.counters.add(&deltas).await;
+        if result.is_err() {
+            self.pending.restore(deltas);
+        }
+        result
+    }
+
+    /// Runs one reconcile pass (see [`AffinityStore::reconcile`]).
+    pub async fn reconcile(&self) -> std::result::Result<u64, StoreError> {
+        self.stores.affinities.reconcile(now_epoch()).await
+    }
+
+    /// This instance's feed of events from every instance.
+    pub fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
+        self.stores.events.subscribe()
+    }
+
+    async fn enrich(&self, affinities: Vec<Affinity>) -> Result<Vec<AffinityDetail>> {
+        listing::enrich(self.stores.directory.as_ref(), &self.stores.cipher, affinities).await
+    }
+
+    /// The API key ids of a user.
+    async fn key_indexes_of(&self, user_id: &str) -> Result<Vec<IndexRef>> {
+        let keys = self.stores.directory.api_keys_of_user(user_id).await?;
+        Ok(keys.into_iter().map(|k| IndexRef::AffinityKey(k.id)).collect())
+    }
+
+    /// ListUserAffinities: resolve any identifier, then read that user's
+    /// affinities through the per-key indexes.
+    pub async fn list_user(&self, identifier: &str) -> Result<UserAffinities> {
+        let identifier = validate::identifier("user_identifier", identifier)?;
+        let user = listing::resolve_user(self.stores.directory.as_ref(), identifier).await?;
+        let indexes = self.key_indexes_of(&user.user.id).await?;
+        let mut affinities = self.stores.affinities.list_indexed(&indexes, now_epoch()).await?;
+        newest_first(&mut affinities);
+        let total_endpoints = affinities
+            .iter()
+            .map(|a| a.record.endpoint_id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        Ok(UserAffinities {
+            user,
+            details: self.enrich(affinities).await?,
+            total_endpoints,
+        })
+    }
+
+    /// ListAffinities, with Aether's keyword rules: an API key id, else a
+    /// user identifier, else a case-insensitive substring.
+    pub async fn list(&self, keyword: &str, page_size: i32, page_token: &str, offset: i32) -> Result<AffinityListing> {
+        let keyword = keyword.trim();
+        if keyword.len() > validate::MAX_IDENTIFIER_LEN || keyword.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "keyword",
+                "must be at most 255 bytes without control characters",
+            ));
+        }
+        let limit = listing::page_size(page_size)?;
+        let offset = if page_token.is_empty() {
+            u64::try_from(offset).map_err(|_| Error::invalid("offset", "must not be negative"))?
+        } else {
+            PageToken::decode(page_token, keyword)?.offset
+        };
+        let now = now_epoch();
+        if keyword.is_empty() {
+            let page = self.stores.affinities.page(offset, limit, now).await?;
+            return Ok(AffinityListing {
+                details: self.enrich(page.affinities).await?,
+                next_page_token: page.next_offset.map(|next| PageToken::new(next, keyword).encode()),
+                total: page.total,
+                ..Default::default()
+            });
+        }
+
+        let mut listing = AffinityListing::default();
+        let (indexes, substring) = if let Some(key) = self.stores.directory.api_key(keyword).await? {
+            listing.matched_api_key_id = Some(key.id.clone());
+            listing.matched_user_id = Some(key.user_id.clone());
+            (vec![IndexRef::AffinityKey(key.id)], false)
+        } else if let Some(first) = self.stores.directory.match_user(keyword).await?.into_iter().next() {
+            listing.matched_user_id = Some(first.user_id.clone());
+            (self.key_indexes_of(&first.user_id).await?, false)
+        } else {
+            let hits = self.stores.directory.search(keyword, KEYWORD_HIT_LIMIT).await?;
+            let indexes = hits
+                .affinity_keys
+                .into_iter()
+                .map(IndexRef::AffinityKey)
+                .chain(hits.provider_ids.into_iter().map(IndexRef::Provider))
+                .chain(hits.provider_key_ids.into_iter().map(IndexRef::ProviderKey))
+                .collect();
+            (indexes, true)
+        };
+        let mut affinities = self.stores.affinities.list_indexed(&indexes, now).await?;
+        newest_first(&mut affinities);
+        let mut details = self.enrich(affinities).await?;
+        if substring {
+            let lower = keyword.to_lowercase();
+            details.retain(|d| d.matches_keyword(&lower));
+        }
+        listing.total = details.len() as u64;
+        let start = (offset as usize).min(details.len());
+        let end = (start + limit as usize).min(details.len());
+        listing.next_page_token = (end < details.len()).then(|| PageToken::new(end as u64, keyword).encode());
+        listing.details = details.drain(start..end).collect();
+        Ok(listing)
+    }
+
+    /// ClearUserAffinities: an API key id clears that key only (checked
+    /// first, untrimmed, as Aether does); otherwise every key of the resolved
+    /// user. Returns the exact count deleted (or that would be).
+    pub async fn clear_user(&self, identifier: &str, dry_run: bool) -> Result<(u64, ResolvedUser)> {
+        validate::identifier("user_identifier", identifier)?;
+        let directory = self.stores.directory.as_ref();
+        let (resolved, indexes) = match directory.api_key(identifier).await? {
+            Some(key) => {
+                let user = directory
+                    .users(std::slice::from_ref(&key.user_id))
+                    .await?
+                    .into_iter()
+                    .next();
+                let user = user.ok_or_else(|| Error::not_found("user", key.user_id.clone()))?;
+                let indexes = vec![IndexRef::AffinityKey(key.id.clone())];
+                (
+                    ResolvedUser {
+                        user,
+                        matched_by: MatchKind::ApiKeyId,
+                        api_key: Some(key),
+                    },
+                    indexes,
+                )
+            }
+            None => {
+                let resolved = listing::resolve_user(directory, identifier.trim()).await?;
+                let indexes = self.key_indexes_of(&resolved.user.id).await?;
+                // An identifier resolved through an API key still clears the
+                // whole user (only a raw key id narrows the clear).
+                (
+                    ResolvedUser {
+                        api_key: None,
+                        ..resolved
+                    },
+                    indexes,
+                )
+            }
+        };
+        let affinities = self.stores.affinities.list_indexed(&indexes, now_epoch()).await?;
+        let count = self
+            .delete_listed(&affinities, &InvalidationGuard::default(), dry_run)
+            .await?;
+        Ok((count, resolved))
+    }
+
+    /// ClearProviderAffinities: every entry still pinned to the provider.
+    pub async fn clear_provider(&self, provider_id: &str, dry_run: bool) -> Result<u64> {
+        let provider_id = validate::key_part("provider_id", provider_id)?;
+        let affinities = self
+            .stores
+            .affinities
+            .list_indexed(&[IndexRef::Provider(provider_id.clone())], now_epoch())
+            .await?;
+        let guard = InvalidationGuard {
+            provider_id: Some(provider_id),
+            ..Default::default()
+        };
+        self.delete_listed(&affinities, &guard, dry_run).await
+    }
+
+    /// ClearAllAffinities: needs `confirm`.
+    pub async fn clear_all(&self, confirm: bool, dry_run: bool) -> Result<u64> {
+        if !confirm {
+            return Err(Error::FailedPrecondition {
+                reason: "CONFIRMATION_REQUIRED",
+                description: "clearing every affinity needs confirm=true".into(),
+            });
+        }
+        let count = self.stores.affinities.clear_all(dry_run).await?;
+        if !dry_run && count > 0 {
+            self.pending.invalidated(InvalidationReason::Admin, count as i64);
+        }
+        Ok(count)
+    }
+
+    async fn delete_listed(&self, affinities: &[Affinity], guard: &InvalidationGuard, dry_run: bool) -> Result<u64> {
+        let keys: Vec<AffinityKey> = affinities.iter().map(|a| a.key.clone()).collect();
+        let count = self.stores.affinities.delete_many(&keys, guard, dry_run).await?;
+        if !dry_run && count > 0 {
+            self.pending.invalidated(InvalidationReason::Admin, count as i64);
+            for affinity in affinities {
+                self.publish(
+                    EventKind::Invalidated,
+                    affinity.clone(),
+                    None,
+                    Some(InvalidationReason::Admin),
+                )
+                .await;
+            }
+        }
+        Ok(count)
+    }
+}

@@ -1,0 +1,473 @@
+//! AffinityService operator calls over real gRPC, one suite run on the
+//! embedded default (memory + SQLite) and on Redis + PostgreSQL, with an
+//! Aether world in the database.
+
+mod common;
+
+use std::time::Duration;
+
+use aether_control::proto::affinity_service_client::AffinityServiceClient;
+use aether_control::proto::*;
+use common::fixtures::{self, *};
+use common::server::TestServer;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = AffinityServiceClient<Channel>;
+
+async fn pin(client: &mut Client, api_key: &str, format: &str, provider: &str, endpoint: &str, key: &str) -> Affinity {
+    let request = SetAffinityRequest {
+        affinity_key: api_key.into(),
+        api_format: format.into(),
+        global_model_id: MODEL.into(),
+        provider_id: provider.into(),
+        endpoint_id: endpoint.into(),
+        key_id: key.into(),
+        model_name: String::new(),
+        ttl: None,
+    };
+    client
+        .set_affinity(request)
+        .await
+        .expect("set affinity")
+        .into_inner()
+        .affinity
+        .expect("affinity")
+}
+
+/// Four affinities: alice has three (two keys), bob one; alpha serves three.
+async fn pin_world(client: &mut Client) {
+    pin(client, ALICE_KEY_1, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
+    pin(client, ALICE_KEY_1, "OPENAI", BETA, BETA_ENDPOINT, BETA_KEY).await;
+    pin(client, ALICE_KEY_2, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
+    pin(client, BOB_KEY, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
+}
+
+async fn list(client: &mut Client, keyword: &str, page_size: i32, page_token: &str) -> ListAffinitiesResponse {
+    let request = ListAffinitiesRequest {
+        keyword: keyword.into(),
+        page_size,
+        page_token: page_token.into(),
+        offset: 0,
+    };
+    client
+        .list_affinities(request)
+        .await
+        .expect("list affinities")
+        .into_inner()
+}
+
+async fn user_affinities(client: &mut Client, identifier: &str) -> ListUserAffinitiesResponse {
+    let request = ListUserAffinitiesRequest {
+        user_identifier: identifier.into(),
+    };
+    client
+        .list_user_affinities(request)
+        .await
+        .expect("list user affinities")
+        .into_inner()
+}
+
+async fn listing_suite(client: &mut Client) {
+    pin_world(client).await;
+
+    // Any identifier of alice finds her three affinities, enriched.
+    for (identifier, kind) in [
+        (ALICE, UserMatchKind::UserId),
+        ("alice", UserMatchKind::Username),
+        ("  alice@example.com ", UserMatchKind::Email),
+        (ALICE_KEY_2, UserMatchKind::ApiKeyId),
+    ] {
+        let found = user_affinities(client, identifier).await;
+        let user = found.user.expect("resolved user");
+        assert_eq!(
+            (user.user_id.as_str(), user.matched_by()),
+            (ALICE, kind),
+            "{identifier}"
+        );
+        assert_eq!(found.affinities.len(), 3, "{identifier}");
+        assert_eq!(found.total_endpoints, 2);
+    }
+    let found = user_affinities(client, "alice").await;
+    let detail = found
+        .affinities
+        .iter()
+        .find(|d| d.affinity.as_ref().unwrap().api_format == "OPENAI")
+        .unwrap();
+    assert_eq!(detail.username, "alice");
+    assert_eq!(detail.email, "alice@example.com");
+    assert_eq!(detail.user_api_key_name, "alice laptop");
+    assert_eq!(detail.user_api_key_prefix, "sk-alice********0001");
+    assert_eq!(detail.provider_name, "Beta AI");
+    assert_eq!(detail.endpoint_url, "https://prov-beta.example/v1");
+    assert_eq!(detail.key_name, "prov-beta key");
+    assert_eq!(detail.key_prefix, "sk-upstr********0222");
+    assert_eq!(detail.rate_multiplier, 1.5);
+    assert_eq!(
+        (detail.global_model_name.as_str(), detail.model_display_name.as_str()),
+        ("claude-sonnet-4", "Claude Sonnet 4")
+    );
+    let expiries: Vec<i64> = found
+        .affinities
+        .iter()
+        .map(|d| d.affinity.as_ref().unwrap().expire_at.unwrap().seconds)
+        .collect();
+    assert!(
+        expiries.windows(2).all(|w| w[0] >= w[1]),
+        "newest expiry first: {expiries:?}"
+    );
+
+    let missing = client
+        .list_user_affinities(ListUserAffinitiesRequest {
+            user_identifier: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Pages of two, then the rest; the token carries on.
+    let first = list(client, "", 2, "").await;
+    assert_eq!((first.affinities.len(), first.total_size), (2, 4));
+    assert!(!first.next_page_token.is_empty());
+    let second = list(client, "", 2, &first.next_page_token).await;
+    assert_eq!(second.affinities.len(), 2);
+    assert!(second.next_page_token.is_empty());
+    let mut seen: Vec<String> = first
+        .affinities
+        .iter()
+        .chain(&second.affinities)
+        .map(|d| {
+            let a = d.affinity.as_ref().unwrap();
+            format!("{}:{}", a.affinity_key, a.api_format)
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "every entry exactly once");
+
+    // Keywords: an API key id, a user, then free text (case-insensitive).
+    let by_key = list(client, BOB_KEY, 0, "").await;
+    assert_eq!(
+        (
+            by_key.total_size,
+            by_key.matched_api_key_id.as_str(),
+            by_key.matched_user_id.as_str()
+        ),
+        (1, BOB_KEY, BOB)
+    );
+    let by_user = list(client, "alice", 0, "").await;
+    assert_eq!((by_user.total_size, by_user.matched_user_id.as_str()), (3, ALICE));
+    let by_text = list(client, "BETA", 0, "").await;
+    assert_eq!(by_text.total_size, 1, "provider id substring");
+    let by_key_name = list(client, "LAPTOP", 0, "").await;
+    assert_eq!(by_key_name.total_size, 2, "API key name substring");
+    assert_eq!(
+        list(client, "*", 0, "").await.total_size,
+        0,
+        "glob characters are plain text"
+    );
+    assert_eq!(
+        list(client, "%", 0, "").await.total_size,
+        0,
+        "SQL wildcards are plain text"
+    );
+
+    // Bad paging input.
+    let too_big = ListAffinitiesRequest {
+        page_size: 1001,
+        ..Default::default()
+    };
+    assert_eq!(
+        client.list_affinities(too_big).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let other_query = ListAffinitiesRequest {
+        keyword: "alice".into(),
+        page_token: first.next_page_token.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.list_affinities(other_query).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+async fn clearing_suite(client: &mut Client) {
+    // Delete one: only with its endpoint.
+    let wrong = DeleteAffinityRequest {
+        affinity_key: BOB_KEY.into(),
+        endpoint_id: BETA_ENDPOINT.into(),
+        global_model_id: MODEL.into(),
+        api_format: "claude".into(),
+    };
+    assert_eq!(
+        client.delete_affinity(wrong.clone()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let right = DeleteAffinityRequest {
+        endpoint_id: ALPHA_ENDPOINT.into(),
+        ..wrong
+    };
+    let deleted = client
+        .delete_affinity(right.clone())
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.affinity.unwrap().endpoint_id, ALPHA_ENDPOINT);
+    assert_eq!(client.delete_affinity(right).await.unwrap_err().code(), Code::NotFound);
+
+    // Clear a user: dry run counts, nothing goes; then for real.
+    let dry = ClearUserAffinitiesRequest {
+        user_identifier: "alice@example.com".into(),
+        dry_run: true,
+    };
+    assert_eq!(
+        client
+            .clear_user_affinities(dry)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        3
+    );
+    assert_eq!(user_affinities(client, "alice").await.affinities.len(), 3);
+    // A raw API key id clears only that key.
+    let one_key = ClearUserAffinitiesRequest {
+        user_identifier: ALICE_KEY_2.into(),
+        dry_run: false,
+    };
+    let cleared = client.clear_user_affinities(one_key).await.unwrap().into_inner();
+    assert_eq!(cleared.deleted_count, 1);
+    assert_eq!(cleared.user.unwrap().api_key_id, ALICE_KEY_2);
+    let all = ClearUserAffinitiesRequest {
+        user_identifier: "alice".into(),
+        dry_run: false,
+    };
+    assert_eq!(
+        client
+            .clear_user_affinities(all)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        2
+    );
+    assert!(user_affinities(client, "alice").await.affinities.is_empty());
+
+    // Clear a provider: only entries still pinned to it.
+    pin_world(client).await;
+    pin(client, ALICE_KEY_2, "CLAUDE", BETA, BETA_ENDPOINT, BETA_KEY).await; // moved off alpha
+    let dry = ClearProviderAffinitiesRequest {
+        provider_id: ALPHA.into(),
+        dry_run: true,
+    };
+    assert_eq!(
+        client
+            .clear_provider_affinities(dry)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        2
+    );
+    let real = ClearProviderAffinitiesRequest {
+        provider_id: ALPHA.into(),
+        dry_run: false,
+    };
+    assert_eq!(
+        client
+            .clear_provider_affinities(real)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        2
+    );
+    assert_eq!(list(client, "", 0, "").await.total_size, 2);
+
+    // Clear all needs confirm.
+    let unconfirmed = ClearAllAffinitiesRequest {
+        confirm: false,
+        dry_run: false,
+    };
+    assert_eq!(
+        client.clear_all_affinities(unconfirmed).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let dry = ClearAllAffinitiesRequest {
+        confirm: true,
+        dry_run: true,
+    };
+    assert_eq!(
+        client
+            .clear_all_affinities(dry)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        2
+    );
+    let real = ClearAllAffinitiesRequest {
+        confirm: true,
+        dry_run: false,
+    };
+    assert_eq!(
+        client
+            .clear_all_affinities(real)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        2
+    );
+    assert_eq!(list(client, "", 0, "").await.total_size, 0);
+}
+
+async fn stats_config_metrics_suite(client: &mut Client) {
+    let before = client
+        .get_affinity_stats(GetAffinityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    pin(client, BOB_KEY, "GEMINI", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
+    pin(client, BOB_KEY, "GEMINI", BETA, BETA_ENDPOINT, BETA_KEY).await; // a provider switch
+    let get = GetAffinityRequest {
+        affinity_key: BOB_KEY.into(),
+        api_format: "GEMINI".into(),
+        global_model_id: MODEL.into(),
+    };
+    client.get_affinity(get.clone()).await.expect("hit");
+    let miss = GetAffinityRequest {
+        api_format: "GEMINI_CLI".into(),
+        ..get
+    };
+    assert_eq!(client.get_affinity(miss).await.unwrap_err().code(), Code::NotFound);
+
+    let response = client
+        .get_affinity_stats(GetAffinityStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let stats = response.stats.unwrap();
+    assert_eq!(stats.total_affinities - before.total_affinities, 1);
+    assert_eq!(stats.provider_switches - before.provider_switches, 1);
+    assert_eq!(stats.key_switches - before.key_switches, 1);
+    assert_eq!(stats.cache_hits - before.cache_hits, 1);
+    assert_eq!(stats.cache_misses - before.cache_misses, 1);
+    assert_eq!(stats.active_affinities, 1);
+    assert!(stats.invalidations_by_reason.contains_key("admin"));
+    let config = response.config.unwrap();
+    assert_eq!(config.default_ttl.unwrap().seconds, 300);
+    assert_eq!(config.scheduling_mode, "fixed_order", "read from system_configs");
+    assert_eq!(config.provider_priority_mode, "provider", "Aether's default when unset");
+
+    let metrics = client
+        .export_metrics(ExportMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(metrics.content_type.starts_with("text/plain"));
+    assert!(
+        metrics
+            .text
+            .contains("# TYPE aether_control_affinity_hits_total counter")
+    );
+    assert!(
+        metrics
+            .text
+            .contains(&format!("\naether_control_affinity_hits_total {}\n", stats.cache_hits))
+    );
+}
+
+async fn events_suite(client: &mut Client) {
+    let request = WatchAffinityEventsRequest {
+        affinity_key: BOB_KEY.into(),
+        ..Default::default()
+    };
+    let mut events = client.watch_affinity_events(request).await.expect("watch").into_inner();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the subscription is live
+    pin(client, ALICE_KEY_1, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await; // filtered out
+    pin(client, BOB_KEY, "CLAUDE_CLI", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
+    pin(client, BOB_KEY, "CLAUDE_CLI", BETA, BETA_ENDPOINT, BETA_KEY).await;
+    let invalidate = InvalidateAffinityRequest {
+        affinity_key: BOB_KEY.into(),
+        api_format: "CLAUDE_CLI".into(),
+        global_model_id: MODEL.into(),
+        reason: InvalidationReason::UpstreamAuth.into(),
+        ..Default::default()
+    };
+    assert!(
+        client
+            .invalidate_affinity(invalidate)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("event within 5 s")
+            .expect("stream open")
+            .expect("an event");
+        assert_eq!(event.affinity.as_ref().unwrap().affinity_key, BOB_KEY);
+        kinds.push(event.r#type());
+        if event.r#type() == AffinityEventType::Switched {
+            assert_eq!(event.previous.as_ref().unwrap().provider_id, ALPHA);
+        }
+        if event.r#type() == AffinityEventType::Invalidated {
+            assert_eq!(event.reason(), InvalidationReason::UpstreamAuth);
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            AffinityEventType::Created,
+            AffinityEventType::Switched,
+            AffinityEventType::Invalidated
+        ]
+    );
+}
+
+async fn full_suite(channel: Channel) {
+    let mut client = AffinityServiceClient::new(channel);
+    listing_suite(&mut client).await;
+    clearing_suite(&mut client).await;
+    stats_config_metrics_suite(&mut client).await;
+    events_suite(&mut client).await;
+}
+
+#[tokio::test]
+async fn embedded_default_serves_every_affinity_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let server = TestServer::start(&["--database-url", &url]).await;
+    fixtures::seed(&url).await;
+    full_suite(server.channel().await).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn redis_and_postgres_serve_every_affinity_call() {
+    let database = common::pg::TestDatabase::create().await;
+    let namespace = common::redis::namespace();
+    let server = TestServer::start(&[
+        "--database-url",
+        &database.url,
+        "--db-migrate",
+        "always",
+        "--redis-url",
+        &common::redis::url(),
+        "--redis-namespace",
+        &namespace,
+    ])
+    .await;
+    fixtures::seed(&database.url).await;
+    full_suite(server.channel().await).await;
+    server.stop().await;
+    common::redis::cleanup(&common::redis::client().await, &namespace).await;
+    database.drop().await;
+}
