@@ -218,7 +218,8 @@ impl Config {
             }
             Some(_) => {}
         }
-        if self.encryption_key.is_none() {
+        // Aether tests the secret's truthiness: an empty value is missing.
+        if self.encryption_key.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::RequiredInProduction { name: "ENCRYPTION_KEY" });
         }
         Ok(())

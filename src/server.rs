@@ -24,9 +24,9 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::affinity_service_server::AffinityServiceServer;
 use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::store::memory::{MemoryAffinityStore, MemoryCounterStore, MemoryEventBus};
-use crate::store::redis::{RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus};
-use crate::store::{AffinityStore, CounterStore, EventBus, HealthProbe};
+use crate::store::memory::{MemoryAffinityStore, MemoryCache, MemoryCounterStore, MemoryEventBus};
+use crate::store::redis::{RedisAffinityStore, RedisCache, RedisConnection, RedisCounterStore, RedisEventBus};
+use crate::store::{AffinityStore, CacheStore, CounterStore, EventBus, HealthProbe};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,10 @@ pub enum StartError {
 /// The opened stores.
 struct Stores {
     affinity: AffinityStores,
+    /// Aether's user and model-mapping caches (Redis, or memory).
+    cache: Arc<dyn CacheStore>,
+    /// Aether's tables.
+    database: DbConnection,
     health: HealthPlan,
 }
 
@@ -95,6 +99,7 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
             affinities: Arc::new(MemoryAffinityStore::new()),
             counters: Arc::new(MemoryCounterStore::default()),
             events: Arc::new(MemoryEventBus::default()),
+            cache: Arc::new(MemoryCache::default()),
             redis_probe: None,
         },
     };
@@ -106,7 +111,9 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
             directory,
             cipher: Arc::new(cipher),
         },
-        health: HealthPlan::new(Arc::new(database), backends.redis_probe),
+        cache: backends.cache,
+        health: HealthPlan::new(Arc::new(database.clone()), backends.redis_probe),
+        database,
     })
 }
 
@@ -115,6 +122,7 @@ struct AffinityBackends {
     affinities: Arc<dyn AffinityStore>,
     counters: Arc<dyn CounterStore>,
     events: Arc<dyn EventBus>,
+    cache: Arc<dyn CacheStore>,
     redis_probe: Option<Arc<dyn HealthProbe>>,
 }
 
@@ -138,6 +146,7 @@ async fn redis_backends(config: &Config, url: &str) -> Result<AffinityBackends, 
         )),
         counters: Arc::new(RedisCounterStore::new(redis.clone())),
         events: Arc::new(events),
+        cache: Arc::new(RedisCache::new(redis.clone())),
         redis_probe: Some(Arc::new(redis)),
     })
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{AffinityStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus};
+use super::{AffinityStore, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus};
 use crate::domain::affinity::events::AffinityEvent;
 use crate::domain::affinity::{
     Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult, apply_write,
@@ -288,5 +288,69 @@ impl EventBus for MemoryEventBus {
 
     fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// Aether's caches in a process-local map, with TTLs.
+#[derive(Default)]
+pub struct MemoryCache {
+    entries: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl MemoryCache {
+    fn lock(&self) -> Result<MutexGuard<'_, HashMap<String, (String, Instant)>>, StoreError> {
+        let mut entries = self.entries.lock().map_err(|_| poisoned())?;
+        let now = Instant::now();
+        entries.retain(|_, (_, expires)| *expires > now);
+        Ok(entries)
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.get(key).map(|(value, _)| value.clone()))
+    }
+
+    async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.lock()?.insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String], dry_run: bool) -> Result<u64, StoreError> {
+        let mut entries = self.lock()?;
+        let present = keys.iter().collect::<HashSet<_>>().into_iter().filter(|k| entries.contains_key(*k)).count();
+        if !dry_run {
+            for key in keys {
+                entries.remove(key);
+            }
+        }
+        Ok(present as u64)
+    }
+
+    async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Result<i64, StoreError> {
+        let mut entries = self.lock()?;
+        let current = entries.get(key).and_then(|(value, _)| value.parse::<i64>().ok()).unwrap_or(0);
+        let next = current + 1;
+        entries.insert(key.to_owned(), (next.to_string(), Instant::now() + ttl));
+        Ok(next)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        Ok(self.lock()?.get(key).map(|(_, expires)| expires.saturating_duration_since(Instant::now())))
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock()?.keys().filter(|k| k.starts_with(prefix)).take(max).cloned().collect())
+    }
+
+    async fn delete_prefix(&self, prefix: &str, dry_run: bool) -> Result<u64, StoreError> {
+        let mut entries = self.lock()?;
+        let before = entries.len();
+        if dry_run {
+            return Ok(entries.keys().filter(|k| k.starts_with(prefix)).count() as u64);
+        }
+        entries.retain(|k, _| !k.starts_with(prefix));
+        Ok((before - entries.len()) as u64)
     }
 }

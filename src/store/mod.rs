@@ -95,6 +95,35 @@ pub trait EventBus: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<AffinityEvent>;
 }
 
+/// A plain key-value cache with TTLs: Aether's user and model-mapping caches
+/// in Redis (keys exactly as Aether names them), or memory. Prefix
+/// operations work in bounded batches (SCAN, never KEYS) and treat the
+/// prefix literally (glob characters never widen them).
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    /// The value at `key`.
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets `key` to `value` for `ttl` (SETEX).
+    async fn set_ex(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError>;
+
+    /// Deletes keys; returns how many existed. With `dry_run`, only counts.
+    async fn delete(&self, keys: &[String], dry_run: bool) -> Result<u64, StoreError>;
+
+    /// INCR then EXPIRE (Aether's hit counters); returns the new value.
+    async fn incr_with_ttl(&self, key: &str, ttl: std::time::Duration) -> Result<i64, StoreError>;
+
+    /// Time left on `key`; None when missing or without expiry.
+    async fn ttl(&self, key: &str) -> Result<Option<std::time::Duration>, StoreError>;
+
+    /// Keys starting with `prefix`, at most `max` of them.
+    async fn keys_with_prefix(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Counts (or deletes, unless `dry_run`) every key starting with
+    /// `prefix`; returns the exact number.
+    async fn delete_prefix(&self, prefix: &str, dry_run: bool) -> Result<u64, StoreError>;
+}
+
 /// Something whose reachability decides the service's health.
 #[async_trait]
 pub trait HealthProbe: Send + Sync + 'static {

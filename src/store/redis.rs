@@ -25,7 +25,7 @@ use crate::domain::affinity::{
     SetResult, format_epoch,
 };
 use crate::error::{StoreError, StoreKind};
-use crate::store::{AffinityStore, BATCH, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, HealthProbe};
+use crate::store::{AffinityStore, BATCH, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, HealthProbe};
 
 /// Prefix of every key of ours. Aether's scans of `cache_affinity:*` can
 /// never match it.
@@ -841,5 +841,77 @@ impl EventBus for RedisEventBus {
 
     fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// Aether's caches (users, model mappings) in Redis, keys as Aether names them.
+pub struct RedisCache {
+    redis: RedisConnection,
+}
+
+impl RedisCache {
+    /// A cache over an existing connection.
+    pub fn new(redis: RedisConnection) -> Self {
+        Self { redis }
+    }
+}
+
+#[async_trait]
+impl CacheStore for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.redis.client()?.get(self.redis.key(key)).await.map_err(|e| store_error(&e))
+    }
+
+    async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let seconds = ttl.as_secs().max(1) as i64;
+        self.redis
+            .client()?
+            .set::<(), _, _>(self.redis.key(key), value, Some(Expiration::EX(seconds)), None, false)
+            .await
+            .map_err(|e| store_error(&e))
+    }
+
+    async fn delete(&self, keys: &[String], dry_run: bool) -> Result<u64, StoreError> {
+        let names = keys.iter().map(|k| self.redis.key(k)).collect();
+        let command = if dry_run { KeyCountCommand::Exists } else { KeyCountCommand::Unlink };
+        self.redis.sum_over_batches(command, names).await
+    }
+
+    async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Result<i64, StoreError> {
+        let client = self.redis.client()?;
+        let name = self.redis.key(key);
+        let value: i64 = client.incr(&name).await.map_err(|e| store_error(&e))?;
+        let _: i64 = client.expire(&name, ttl.as_secs().max(1) as i64, None).await.map_err(|e| store_error(&e))?;
+        Ok(value)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let seconds: i64 = self.redis.client()?.ttl(self.redis.key(key)).await.map_err(|e| store_error(&e))?;
+        Ok((seconds > 0).then(|| Duration::from_secs(seconds as u64)))
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let strip = self.redis.key("").len();
+        let mut keys = Vec::new();
+        let mut pages = self.redis.scan_pages(prefix)?;
+        while keys.len() < max {
+            let Some(page) = pages.try_next().await? else { break };
+            keys.extend(page.into_iter().filter_map(|k| k.get(strip..).map(str::to_owned)));
+        }
+        keys.truncate(max);
+        Ok(keys)
+    }
+
+    async fn delete_prefix(&self, prefix: &str, dry_run: bool) -> Result<u64, StoreError> {
+        let mut total = 0;
+        let mut pages = self.redis.scan_pages(prefix)?;
+        while let Some(keys) = pages.try_next().await? {
+            total += if dry_run {
+                keys.len() as u64
+            } else {
+                self.redis.sum_over_batches(KeyCountCommand::Unlink, keys).await?
+            };
+        }
+        Ok(total)
     }
 }
