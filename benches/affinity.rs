@@ -1,1 +1,1178 @@
-fn main() {}
+//! Affinity benchmark: loads N Aether-format affinities into a real Redis,
+//! indexes them with the reconciler, and times the engine's calls at each N
+//! (method and results: docs/BENCHMARKS.md).
+//!
+//! ```text
+//! cargo bench --bench affinity                      # 1000,10000,100000,1000000
+//! cargo bench --bench affinity -- 1000,10000        # chosen sizes
+//! AETHER_CONTROL_BENCH_REDIS_URL=redis://host:6379/0 cargo bench --bench affinity
+//! ```
+//!
+//! Sizes come from the first argument that is not a flag, else
+//! `AETHER_CONTROL_BENCH_SIZES`, else the default. Every key lives under
+//! `actl_bench_<pid>_<N>:` and is deleted at the end (SCAN + UNLINK), also on
+//! error or Ctrl-C. Progress goes to stderr, the Markdown report to stdout.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::ops::Range;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aether_control::db::DbConnection;
+use aether_control::db::directory::SeaOrmDirectory;
+use aether_control::db::entities::{api_keys, global_models, provider_api_keys, provider_endpoints, providers, users};
+use aether_control::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
+use aether_control::domain::affinity::{AffinityKey, AffinityRecord, AffinityTarget, IndexRef, SetOutcome, now_epoch};
+use aether_control::domain::crypto::KeyCipher;
+use aether_control::domain::directory::Directory;
+use aether_control::store::AffinityStore;
+use aether_control::store::redis::{RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus};
+use fred::cmd;
+use fred::prelude::*;
+use fred::types::scan::Scanner;
+use futures::{StreamExt, TryStreamExt};
+use sea_orm::{ConnectionTrait, EntityTrait, Set, TransactionTrait};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BenchResult<T> = Result<T, BoxError>;
+
+const DEFAULT_SIZES: &[usize] = &[1_000, 10_000, 100_000, 1_000_000];
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// Data shape: every API key has 5 formats x 4 global models = 20 affinities,
+/// every user 2 API keys (40 affinities).
+const FORMATS: [&str; 5] = ["CLAUDE", "CLAUDE_CLI", "OPENAI", "OPENAI_CLI", "GEMINI"];
+const MODELS: [(&str, &str); 4] = [
+    ("claude-sonnet-4", "Claude Sonnet 4"),
+    ("gpt-4o", "GPT-4o"),
+    ("gemini-2.5-pro", "Gemini 2.5 Pro"),
+    ("claude-haiku-4", "Claude Haiku 4"),
+];
+const PER_KEY: usize = FORMATS.len() * MODELS.len();
+const KEYS_PER_USER: usize = 2;
+const PER_USER: usize = PER_KEY * KEYS_PER_USER;
+/// Providers, each with one endpoint per format and two keys per endpoint.
+const PROVIDERS: usize = 10;
+const KEYS_PER_ENDPOINT: usize = 2;
+
+/// The server's defaults (src/config.rs).
+const POOL_SIZE: usize = 4;
+const STORE_TIMEOUT: Duration = Duration::from_millis(1000);
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// Loaded entries expire 1-2 h out (Aether uses 5 min), so none expires
+/// during a run; writes in the benchmark use the upper bound.
+const MIN_TTL_SECONDS: f64 = 3600.0;
+const TTL_SPREAD_MICROS: u64 = 3_600_000_000;
+const WRITE_TTL: Duration = Duration::from_secs(7200);
+
+/// SETs per pipeline while loading, and pipelines in flight.
+const LOAD_BATCH: usize = 1000;
+const LOAD_PIPELINES: usize = 8;
+/// Rows per INSERT while seeding the database (7 columns: far below SQLite's 32766 binds).
+const INSERT_CHUNK: usize = 1000;
+
+/// A Redis command at or above this is a stall (SLOWLOG, microseconds; LATENCY, milliseconds).
+const STALL_MICROS: u64 = 10_000;
+const STALL_MILLIS: u64 = 10;
+
+/// Fewest samples a time budget may cut a measurement to.
+const MIN_SAMPLES: usize = 3;
+
+/// What the issue compares against: Aether's measured times at 100k entries.
+const AETHER_USER_LOOKUP_SECONDS: f64 = 1.96;
+const AETHER_PAGE_SECONDS: f64 = 5.8;
+const AETHER_SIZE: usize = 100_000;
+
+fn splitmix(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A deterministic generator (the benchmark needs no crypto-grade randomness).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 = splitmix(self.0);
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// A `str(uuid4())`-shaped id, stable per (kind, index), as Aether's ids are.
+fn uuid_like(kind: u64, index: u64) -> String {
+    let a = splitmix((kind << 56) ^ index);
+    let b = splitmix(a);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// The Aether world of one size: ids by index. Affinity `j` belongs to API
+/// key `j / 20` (format `(j % 20) / 4`, model `j % 4`), which belongs to user
+/// `key / 2`; its provider and provider key are drawn from `j`.
+struct World {
+    n: usize,
+    users: Vec<(String, String)>,
+    api_keys: Vec<String>,
+    providers: Vec<String>,
+    endpoints: Vec<String>,
+    provider_keys: Vec<String>,
+    models: Vec<String>,
+}
+
+impl World {
+    fn new(n: usize) -> Self {
+        let key_count = n.div_ceil(PER_KEY);
+        let user_count = key_count.div_ceil(KEYS_PER_USER);
+        let ids = |kind: u64, count: usize| (0..count as u64).map(|i| uuid_like(kind, i)).collect::<Vec<_>>();
+        Self {
+            n,
+            users: ids(1, user_count)
+                .into_iter()
+                .enumerate()
+                .map(|(u, id)| (id, format!("bench_user_{u:06}")))
+                .collect(),
+            api_keys: ids(2, key_count),
+            providers: ids(3, PROVIDERS),
+            endpoints: ids(4, PROVIDERS * FORMATS.len()),
+            provider_keys: ids(5, PROVIDERS * FORMATS.len() * KEYS_PER_ENDPOINT),
+            models: ids(6, MODELS.len()),
+        }
+    }
+
+    fn key(&self, j: usize) -> AffinityKey {
+        let combo = j % PER_KEY;
+        AffinityKey {
+            affinity_key: self.api_keys[j / PER_KEY].clone(),
+            api_format: FORMATS[combo / MODELS.len()].to_owned(),
+            global_model_id: self.models[combo % MODELS.len()].clone(),
+        }
+    }
+
+    fn provider_of(j: usize) -> usize {
+        (splitmix(j as u64 ^ 0xAFF1_0000) % PROVIDERS as u64) as usize
+    }
+
+    fn target(&self, j: usize) -> AffinityTarget {
+        let mix = splitmix(j as u64 ^ 0xAFF1_0000);
+        let provider = (mix % PROVIDERS as u64) as usize;
+        let endpoint = provider * FORMATS.len() + (j % PER_KEY) / MODELS.len();
+        let key = endpoint * KEYS_PER_ENDPOINT + ((mix >> 32) as usize % KEYS_PER_ENDPOINT);
+        AffinityTarget {
+            provider_id: self.providers[provider].clone(),
+            endpoint_id: self.endpoints[endpoint].clone(),
+            key_id: self.provider_keys[key].clone(),
+        }
+    }
+
+    /// Aether's value for entry `j`, written at `now`, and its Redis TTL.
+    fn aether_value(&self, j: usize, now: f64) -> (String, i64) {
+        let key = self.key(j);
+        let target = self.target(j);
+        let mix = splitmix(j as u64 ^ 0x7713_0000);
+        let expire_at = now + MIN_TTL_SECONDS + (mix % TTL_SPREAD_MICROS) as f64 / 1e6;
+        let record = AffinityRecord {
+            provider_id: target.provider_id,
+            endpoint_id: target.endpoint_id,
+            key_id: target.key_id,
+            api_format: key.api_format,
+            model_name: key.global_model_id,
+            created_at: now - ((mix >> 40) % 600_000) as f64 / 1e3,
+            expire_at,
+            request_count: 1 + ((mix >> 20) % 50) as i64,
+        };
+        (record.to_aether_json(), (expire_at - now).ceil() as i64 + 1)
+    }
+
+    fn user_entries(&self, user: usize) -> Range<usize> {
+        (user * PER_USER).min(self.n)..((user + 1) * PER_USER).min(self.n)
+    }
+
+    fn provider_entries(&self, provider: usize) -> u64 {
+        (0..self.n).filter(|&j| Self::provider_of(j) == provider).count() as u64
+    }
+}
+
+/// Inserts the world's rows in bulk, in one transaction.
+async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, cipher: &KeyCipher) -> BenchResult<()> {
+    let txn = db.begin().await?;
+    for (p, id) in world.providers.iter().enumerate() {
+        providers::Entity::insert(providers::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(format!("bench-provider-{p:02}")),
+            display_name: Set(format!("Bench Provider {p:02}")),
+            is_active: Set(true),
+            billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
+            ..Default::default()
+        })
+        .exec_without_returning(&txn)
+        .await?;
+    }
+    let endpoints = world
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(e, id)| provider_endpoints::ActiveModel {
+            id: Set(id.clone()),
+            provider_id: Set(world.providers[e / FORMATS.len()].clone()),
+            api_format: Set(FORMATS[e % FORMATS.len()].to_owned()),
+            base_url: Set(format!("https://provider-{:02}.example/v1", e / FORMATS.len())),
+            is_active: Set(true),
+            ..Default::default()
+        });
+    provider_endpoints::Entity::insert_many(endpoints)
+        .exec_without_returning(&txn)
+        .await?;
+    let provider_keys = world
+        .provider_keys
+        .iter()
+        .enumerate()
+        .map(|(k, id)| provider_api_keys::ActiveModel {
+            id: Set(id.clone()),
+            endpoint_id: Set(world.endpoints[k / KEYS_PER_ENDPOINT].clone()),
+            api_key: Set(cipher.encrypt(&format!("sk-upstream-{:024x}", splitmix(k as u64 ^ 0x5EC0)))),
+            name: Set(format!("upstream key {k:03}")),
+            rate_multiplier: Set(1.0),
+            cache_ttl_minutes: Set(5),
+            is_active: Set(true),
+            ..Default::default()
+        });
+    provider_api_keys::Entity::insert_many(provider_keys)
+        .exec_without_returning(&txn)
+        .await?;
+    let models = world
+        .models
+        .iter()
+        .zip(MODELS)
+        .map(|(id, (name, display))| global_models::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(name.to_owned()),
+            display_name: Set(display.to_owned()),
+            is_active: Set(true),
+            default_tiered_pricing: Set(serde_json::json!({"tiers": []})),
+            ..Default::default()
+        });
+    global_models::Entity::insert_many(models)
+        .exec_without_returning(&txn)
+        .await?;
+    for chunk in world.users.chunks(INSERT_CHUNK) {
+        let rows = chunk.iter().map(|(id, username)| users::ActiveModel {
+            id: Set(id.clone()),
+            email: Set(format!("{username}@example.com")),
+            username: Set(username.clone()),
+            role: Set(users::UserRole::User),
+            is_active: Set(true),
+            is_deleted: Set(false),
+            ..Default::default()
+        });
+        users::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+    }
+    for (chunk_index, chunk) in world.api_keys.chunks(INSERT_CHUNK).enumerate() {
+        let rows = chunk.iter().enumerate().map(|(offset, id)| {
+            let k = chunk_index * INSERT_CHUNK + offset;
+            let plaintext = format!("sk-bench-{:032x}", splitmix(k as u64 ^ 0xA9E7));
+            let hash = ring::digest::digest(&ring::digest::SHA256, plaintext.as_bytes());
+            api_keys::ActiveModel {
+                id: Set(id.clone()),
+                user_id: Set(world.users[k / KEYS_PER_USER].0.clone()),
+                key_hash: Set(hex(hash.as_ref())),
+                key_encrypted: Set(Some(cipher.encrypt(&plaintext))),
+                name: Set(Some(format!("bench key {k:06}"))),
+                is_standalone: Set(false),
+                is_active: Set(true),
+                ..Default::default()
+            }
+        });
+        api_keys::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+    }
+    txn.commit().await?;
+    // Fresh statistics, as a long-lived database would have.
+    db.execute_unprepared("ANALYZE").await?;
+    Ok(())
+}
+
+/// Writes every entry as Aether does (SET EX with its JSON), pipelined.
+async fn load_redis(client: &Client, redis: &RedisConnection, world: &World) -> BenchResult<()> {
+    let now = now_epoch();
+    let batches = (0..world.n)
+        .step_by(LOAD_BATCH)
+        .map(|start| start..(start + LOAD_BATCH).min(world.n));
+    futures::stream::iter(batches)
+        .map(|range| async move {
+            let pipeline = client.pipeline();
+            for j in range {
+                let (value, ttl) = world.aether_value(j, now);
+                let name = redis.key(&world.key(j).redis_key());
+                let () = pipeline
+                    .set(name, value, Some(Expiration::EX(ttl)), None, false)
+                    .await?;
+            }
+            let _: Vec<Value> = pipeline.all().await?;
+            Ok::<_, BoxError>(())
+        })
+        .buffer_unordered(LOAD_PIPELINES)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+}
+
+/// Deletes every key matching `pattern`, a SCAN page at a time (never KEYS).
+async fn unlink_matching(client: &Client, pattern: &str) -> BenchResult<u64> {
+    let mut deleted = 0;
+    let mut pages = client.scan(pattern.to_owned(), Some(1000), None);
+    while let Some(page) = pages.next().await {
+        let mut page = page?;
+        if let Some(keys) = page.take_results()
+            && !keys.is_empty()
+        {
+            let count: i64 = client.unlink(keys).await?;
+            deleted += count.max(0) as u64;
+        }
+        page.next();
+    }
+    Ok(deleted)
+}
+
+/// p50 and p99 (nearest rank) of one measured call, in microseconds.
+#[derive(Clone, Debug)]
+struct Stat {
+    samples: usize,
+    p50: f64,
+    p99: f64,
+}
+
+impl Stat {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let rank = |p: f64| {
+            let index = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[index].as_secs_f64() * 1e6
+        };
+        Self {
+            samples: samples.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+        }
+    }
+
+    fn once(elapsed: Duration) -> Self {
+        Self::of(vec![elapsed])
+    }
+}
+
+/// Runs `call` `warmup` times untimed, then up to `iterations` times (at
+/// least [`MIN_SAMPLES`], then until `budget` is spent). `call` returns the
+/// time of the part it measures.
+async fn measure<F, Fut>(
+    label: &str,
+    warmup: usize,
+    iterations: usize,
+    budget: Duration,
+    mut call: F,
+) -> BenchResult<Stat>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BenchResult<Duration>>,
+{
+    for _ in 0..warmup {
+        call().await?;
+    }
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(iterations);
+    while samples.len() < iterations && (samples.len() < MIN_SAMPLES || started.elapsed() < budget) {
+        samples.push(call().await?);
+    }
+    let stat = Stat::of(samples);
+    eprintln!(
+        "  {label}: p50 {:.0} us, p99 {:.0} us ({} samples)",
+        stat.p50, stat.p99, stat.samples
+    );
+    Ok(stat)
+}
+
+fn ensure(condition: bool, what: impl FnOnce() -> String) -> BenchResult<()> {
+    if condition { Ok(()) } else { Err(what().into()) }
+}
+
+/// Slow commands and latency events Redis recorded in one phase.
+#[derive(Clone, Debug, Default)]
+struct Stalls {
+    ours: usize,
+    others: usize,
+    slowest: Option<(u64, String)>,
+    latency: Vec<(String, i64, i64)>,
+}
+
+impl Stalls {
+    fn slowest_text(&self) -> String {
+        self.slowest.as_ref().map_or_else(
+            || "none".to_owned(),
+            |(micros, command)| format!("{micros} us `{command}`"),
+        )
+    }
+
+    fn latency_text(&self) -> String {
+        if self.latency.is_empty() {
+            return "none".to_owned();
+        }
+        self.latency
+            .iter()
+            .map(|(event, latest, max)| format!("{event}: latest {latest} ms, max {max} ms"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// SLOWLOG and LATENCY on a plain client; the thresholds it changes are put
+/// back by [`RedisWatch::restore`].
+struct RedisWatch {
+    client: Client,
+    /// Keys of this run start with this; other slow commands are someone else's.
+    prefix: String,
+    saved: Mutex<Vec<(String, String)>>,
+}
+
+impl RedisWatch {
+    async fn config_get(&self, name: &str) -> BenchResult<String> {
+        let reply: Vec<String> = self.client.custom(cmd!("CONFIG"), vec!["GET", name]).await?;
+        reply
+            .get(1)
+            .cloned()
+            .ok_or_else(|| format!("CONFIG GET {name}: no value").into())
+    }
+
+    async fn config_set(&self, name: &str, value: &str) -> BenchResult<()> {
+        let _: Value = self.client.custom(cmd!("CONFIG"), vec!["SET", name, value]).await?;
+        Ok(())
+    }
+
+    /// Remembers the thresholds, then logs commands of 10 ms or more.
+    async fn configure(&self) -> BenchResult<()> {
+        for (name, value) in [
+            ("slowlog-log-slower-than", STALL_MICROS.to_string()),
+            ("latency-monitor-threshold", STALL_MILLIS.to_string()),
+        ] {
+            let previous = self.config_get(name).await?;
+            self.saved
+                .lock()
+                .map_err(|_| "poisoned")?
+                .push((name.to_owned(), previous));
+            self.config_set(name, &value).await?;
+        }
+        Ok(())
+    }
+
+    async fn restore(&self) -> BenchResult<()> {
+        let saved = std::mem::take(&mut *self.saved.lock().map_err(|_| "poisoned")?);
+        for (name, value) in saved {
+            self.config_set(&name, &value).await?;
+            eprintln!("restored {name} = {value}");
+        }
+        Ok(())
+    }
+
+    async fn reset(&self) -> BenchResult<()> {
+        let _: Value = self.client.custom(cmd!("SLOWLOG"), vec!["RESET"]).await?;
+        let _: Value = self.client.custom(cmd!("LATENCY"), vec!["RESET"]).await?;
+        Ok(())
+    }
+
+    /// What was recorded since the last reset.
+    async fn report(&self) -> BenchResult<Stalls> {
+        let mut stalls = Stalls::default();
+        let entries: Value = self.client.custom(cmd!("SLOWLOG"), vec!["GET", "-1"]).await?;
+        for entry in entries.into_array() {
+            let fields = entry.into_array();
+            let micros = fields.get(2).and_then(Value::as_i64).unwrap_or(0).max(0) as u64;
+            let args: Vec<String> = fields
+                .get(3)
+                .cloned()
+                .map(Value::into_array)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_string)
+                .collect();
+            if !args.iter().any(|arg| arg.contains(&self.prefix)) {
+                stalls.others += 1;
+                continue;
+            }
+            stalls.ours += 1;
+            if stalls.slowest.as_ref().is_none_or(|(slowest, _)| micros > *slowest) {
+                let mut command = args.iter().take(3).cloned().collect::<Vec<_>>().join(" ");
+                if command.len() > 90 {
+                    command.truncate(command.floor_char_boundary(87));
+                    command.push_str("...");
+                }
+                stalls.slowest = Some((micros, command));
+            }
+        }
+        let latest: Value = self.client.custom(cmd!("LATENCY"), vec!["LATEST"]).await?;
+        for event in latest.into_array() {
+            let fields = event.into_array();
+            let name = fields.first().and_then(Value::as_string).unwrap_or_default();
+            let at = |i: usize| fields.get(i).and_then(Value::as_i64).unwrap_or(0);
+            stalls.latency.push((name, at(2), at(3)));
+        }
+        Ok(stalls)
+    }
+}
+
+/// Everything measured at one size.
+struct SizeReport {
+    n: usize,
+    users: usize,
+    api_keys: usize,
+    provider_entries: u64,
+    setup: Vec<(&'static str, Duration, String)>,
+    calls: Vec<(&'static str, Stat)>,
+    stalls: Vec<(&'static str, Stalls)>,
+}
+
+impl SizeReport {
+    fn stat(&self, call: &str) -> Option<&Stat> {
+        self.calls.iter().find(|(name, _)| *name == call).map(|(_, stat)| stat)
+    }
+}
+
+// Names of the measured calls, shared by the per-size and summary tables.
+const PING: &str = "Redis PING (round-trip floor)";
+const GET: &str = "GetAffinity (hit)";
+const SET: &str = "SetAffinity (refresh)";
+const LIST_USER: &str = "ListUserAffinities (by username)";
+const PAGE_FIRST: &str = "ListAffinities, first page of 100";
+const PAGE_DEEP: &str = "ListAffinities, page of 100 at offset N/2";
+const LIST_KEYWORD: &str = "ListAffinities, keyword = username";
+const CLEAR_USER_DRY: &str = "ClearUserAffinities dry_run";
+const CLEAR_USER: &str = "ClearUserAffinities (real, 40 entries)";
+const DIR_KEYS_OF_USER: &str = "  part: directory api_keys_of_user (SQLite)";
+const STORE_USER_INDEXES: &str = "  part: store list_indexed, 2 key indexes (Redis)";
+const CLEAR_PROVIDER_DRY: &str = "ClearProviderAffinities dry_run (N/10 entries)";
+const CLEAR_ALL: &str = "ClearAllAffinities (confirm), end to end";
+
+/// Calls expected to be flat in N (per-user and per-entry / per-page work).
+const FLAT_CALLS: &[&str] = &[
+    GET,
+    SET,
+    LIST_USER,
+    PAGE_FIRST,
+    PAGE_DEEP,
+    LIST_KEYWORD,
+    CLEAR_USER_DRY,
+    CLEAR_USER,
+    DIR_KEYS_OF_USER,
+    STORE_USER_INDEXES,
+];
+
+async fn phase<T>(
+    watch: &RedisWatch,
+    stalls: &mut Vec<(&'static str, Stalls)>,
+    name: &'static str,
+    work: impl Future<Output = BenchResult<T>>,
+) -> BenchResult<T> {
+    watch.reset().await?;
+    let value = work.await?;
+    stalls.push((name, watch.report().await?));
+    Ok(value)
+}
+
+/// Seeds, loads and measures one size; deletes its keys whatever happens.
+async fn run_size(
+    n: usize,
+    url: &str,
+    admin: &Client,
+    watch: &RedisWatch,
+    run_prefix: &str,
+) -> BenchResult<SizeReport> {
+    let namespace = format!("{run_prefix}{n}:");
+    let result = measure_size(n, url, admin, watch, &namespace).await;
+    let deleted = unlink_matching(admin, &format!("{namespace}*")).await;
+    match (&result, deleted) {
+        (_, Ok(count)) => eprintln!("deleted {count} leftover keys under {namespace}"),
+        (Ok(_), Err(error)) => return Err(format!("cleanup of {namespace}: {error}").into()),
+        (Err(_), Err(error)) => eprintln!("cleanup of {namespace} failed too: {error}"),
+    }
+    result
+}
+
+async fn measure_size(
+    n: usize,
+    url: &str,
+    admin: &Client,
+    watch: &RedisWatch,
+    namespace: &str,
+) -> BenchResult<SizeReport> {
+    eprintln!("== N = {n} (namespace {namespace})");
+    let world = World::new(n);
+    let mut setup = Vec::new();
+    let mut stalls = Vec::new();
+    let mut calls = Vec::new();
+
+    // The server's wiring (src/server.rs), in process, with its defaults.
+    let dir = tempfile::tempdir()?;
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let database = DbConnection::open(&db_url, STORE_TIMEOUT, true).await?;
+    let cipher = KeyCipher::from_secret(None, false)?;
+    let started = Instant::now();
+    seed_database(database.connection(), &world, &cipher).await?;
+    setup.push((
+        "seed SQLite (bulk insert)",
+        started.elapsed(),
+        format!("{} users, {} API keys", world.users.len(), world.api_keys.len()),
+    ));
+    let directory = Arc::new(SeaOrmDirectory::new(database.connection().clone()));
+    let redis = RedisConnection::connect(url, POOL_SIZE, STORE_TIMEOUT, namespace)?;
+    ensure(redis.wait_connected(Duration::from_secs(5)).await, || {
+        format!("redis at {url} not reachable")
+    })?;
+    let instance_id = format!("bench-{}", std::process::id());
+    let store = Arc::new(RedisAffinityStore::new(redis.clone(), &instance_id, RECONCILE_INTERVAL));
+    let engine = AffinityEngine::new(
+        AffinityStores {
+            affinities: store.clone(),
+            counters: Arc::new(RedisCounterStore::new(redis.clone())),
+            events: Arc::new(RedisEventBus::start(redis.clone())?),
+            directory: directory.clone(),
+            cipher: Arc::new(cipher),
+        },
+        AffinitySettings {
+            default_ttl: DEFAULT_TTL,
+            reconcile_interval: RECONCILE_INTERVAL,
+            instance_id,
+        },
+    );
+
+    let started = Instant::now();
+    phase(
+        watch,
+        &mut stalls,
+        "load (pipelined SET EX)",
+        load_redis(admin, &redis, &world),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    setup.push((
+        "load Redis as Aether (pipelined SET EX)",
+        elapsed,
+        format!("{:.0} entries/s", n as f64 / elapsed.as_secs_f64()),
+    ));
+
+    let started = Instant::now();
+    let added = phase(watch, &mut stalls, "reconcile, first pass", async {
+        Ok(engine.reconcile().await?)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    ensure(added == n as u64, || format!("reconcile indexed {added} of {n}"))?;
+    // The lease would make the next pass a no-op for 10 s; a steady-state
+    // pass (nothing new) is what the reconciler costs every interval. A
+    // lease already gone means the pass outlived it (another instance could
+    // have started a second pass meanwhile).
+    let lease: i64 = admin.del(redis.own_key("reconcile:lease")).await?;
+    let lease_note = if lease == 1 { "" } else { "; outlived its 10 s lease" };
+    setup.push((
+        "reconcile, first pass (indexes all N)",
+        elapsed,
+        format!(
+            "{added} indexed, {:.0} entries/s{lease_note}",
+            n as f64 / elapsed.as_secs_f64()
+        ),
+    ));
+    let started = Instant::now();
+    let added = phase(watch, &mut stalls, "reconcile, steady pass", async {
+        Ok(engine.reconcile().await?)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let lease: i64 = admin.exists(redis.own_key("reconcile:lease")).await?;
+    let lease_note = if lease == 1 { "" } else { "; outlived its 10 s lease" };
+    setup.push((
+        "reconcile, steady pass (nothing new)",
+        elapsed,
+        format!(
+            "{added} indexed, {:.0} entries/s{lease_note}",
+            n as f64 / elapsed.as_secs_f64()
+        ),
+    ));
+    let stats = engine.stats().await?;
+    ensure(stats.active_affinities == n as u64, || {
+        format!("stats report {} active, expected {n}", stats.active_affinities)
+    })?;
+    eprintln!(
+        "  loaded and indexed {n} ({} users, {} keys)",
+        world.users.len(),
+        world.api_keys.len()
+    );
+
+    let mut rng = Rng(0xBE4C_0000 ^ n as u64);
+    let user_count = world.users.len();
+    let (engine, world, store, directory) = (&engine, &world, &store, &directory);
+    watch.reset().await?;
+
+    let stat = measure(PING, 100, 2000, Duration::from_secs(5), || async {
+        let started = Instant::now();
+        let _: String = admin.ping(None).await?;
+        Ok(started.elapsed())
+    })
+    .await?;
+    calls.push((PING, stat));
+
+    let stat = measure(GET, 200, 2000, Duration::from_secs(10), || {
+        let j = rng.below(n);
+        async move {
+            let key = world.key(j);
+            let started = Instant::now();
+            let found = engine.get(&key).await?;
+            let elapsed = started.elapsed();
+            ensure(found.record.target() == world.target(j), || {
+                format!("entry {j} has another target")
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((GET, stat));
+
+    let stat = measure(SET, 200, 2000, Duration::from_secs(10), || {
+        let j = rng.below(n);
+        async move {
+            let key = world.key(j);
+            let target = world.target(j);
+            let started = Instant::now();
+            let written = engine.set(&key, target, "", Some(WRITE_TTL)).await?;
+            let elapsed = started.elapsed();
+            ensure(written.outcome == SetOutcome::Refreshed, || {
+                format!("entry {j}: {:?}, expected a refresh", written.outcome)
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((SET, stat));
+
+    let stat = measure(LIST_USER, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let found = engine.list_user(&world.users[u].1).await?;
+            let elapsed = started.elapsed();
+            let expected = world.user_entries(u).len();
+            ensure(found.details.len() == expected, || {
+                format!("user {u}: {} affinities, expected {expected}", found.details.len())
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((LIST_USER, stat));
+
+    for (label, offset) in [(PAGE_FIRST, 0), (PAGE_DEEP, n / 2)] {
+        let stat = measure(label, 30, 300, Duration::from_secs(20), || async move {
+            let started = Instant::now();
+            let page = engine.list("", 100, "", i32::try_from(offset)?).await?;
+            let elapsed = started.elapsed();
+            let expected = (n - offset).min(100);
+            ensure(page.details.len() == expected && page.total == n as u64, || {
+                format!("page at {offset}: {} of total {}", page.details.len(), page.total)
+            })?;
+            Ok(elapsed)
+        })
+        .await?;
+        calls.push((label, stat));
+    }
+
+    let stat = measure(LIST_KEYWORD, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let listing = engine.list(&world.users[u].1, 100, "", 0).await?;
+            let elapsed = started.elapsed();
+            let expected = world.user_entries(u).len() as u64;
+            ensure(listing.total == expected, || {
+                format!("keyword user {u}: {} affinities, expected {expected}", listing.total)
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((LIST_KEYWORD, stat));
+
+    let stat = measure(CLEAR_USER_DRY, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let (count, _) = engine.clear_user(&world.users[u].1, true).await?;
+            let elapsed = started.elapsed();
+            let expected = world.user_entries(u).len() as u64;
+            ensure(count == expected, || {
+                format!("dry clear of user {u}: {count}, expected {expected}")
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((CLEAR_USER_DRY, stat));
+
+    // Where a per-user call spends its time: the SQL lookup of the user's
+    // keys, and the Redis read of their indexes.
+    let stat = measure(DIR_KEYS_OF_USER, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let keys = directory.api_keys_of_user(&world.users[u].0).await?;
+            let elapsed = started.elapsed();
+            ensure(!keys.is_empty(), || format!("user {u} has no keys"))?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((DIR_KEYS_OF_USER, stat));
+
+    let stat = measure(STORE_USER_INDEXES, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let indexes: Vec<IndexRef> = world
+                .api_keys
+                .iter()
+                .skip(u * KEYS_PER_USER)
+                .take(KEYS_PER_USER)
+                .map(|k| IndexRef::AffinityKey(k.clone()))
+                .collect();
+            let started = Instant::now();
+            let found = store.list_indexed(&indexes, now_epoch()).await?;
+            let elapsed = started.elapsed();
+            ensure(found.len() == world.user_entries(u).len(), || {
+                format!("user {u}: {} indexed", found.len())
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((STORE_USER_INDEXES, stat));
+    stalls.push(("per-call measurements above", watch.report().await?));
+
+    let provider = 0;
+    let provider_entries = world.provider_entries(provider);
+    let stat = phase(
+        watch,
+        &mut stalls,
+        "clear provider dry-run",
+        measure(CLEAR_PROVIDER_DRY, 1, 20, Duration::from_secs(20), || async move {
+            let started = Instant::now();
+            let count = engine.clear_provider(&world.providers[provider], true).await?;
+            let elapsed = started.elapsed();
+            ensure(count == provider_entries, || {
+                format!("provider dry clear: {count}, expected {provider_entries}")
+            })?;
+            Ok(elapsed)
+        }),
+    )
+    .await?;
+    calls.push((CLEAR_PROVIDER_DRY, stat));
+
+    // Real clears, each on a user that has entries; the user's entries are
+    // written back (untimed, through SetAffinity) so N stays as loaded.
+    let stat = phase(
+        watch,
+        &mut stalls,
+        "clear user (real) + restore",
+        measure(CLEAR_USER, 20, 200, Duration::from_secs(30), || {
+            let u = rng.below(user_count);
+            async move {
+                let entries = world.user_entries(u);
+                let started = Instant::now();
+                let (count, _) = engine.clear_user(&world.users[u].1, false).await?;
+                let elapsed = started.elapsed();
+                ensure(count == entries.len() as u64, || format!("clear of user {u}: {count}"))?;
+                futures::future::try_join_all(
+                    entries
+                        .map(|j| async move { engine.set(&world.key(j), world.target(j), "", Some(WRITE_TTL)).await }),
+                )
+                .await?;
+                Ok(elapsed)
+            }
+        }),
+    )
+    .await?;
+    calls.push((CLEAR_USER, stat));
+
+    let live = engine.stats().await?.active_affinities;
+    ensure(live == n as u64, || {
+        format!("{live} live before clear-all, expected {n}")
+    })?;
+    let started = Instant::now();
+    let cleared = phase(watch, &mut stalls, "clear all", async {
+        Ok(engine.clear_all(true, false).await?)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    ensure(cleared == n as u64, || {
+        format!("clear-all deleted {cleared}, expected {n}")
+    })?;
+    eprintln!("  {CLEAR_ALL}: {:.3} s for {cleared}", elapsed.as_secs_f64());
+    calls.push((CLEAR_ALL, Stat::once(elapsed)));
+
+    Ok(SizeReport {
+        n,
+        users: world.users.len(),
+        api_keys: world.api_keys.len(),
+        provider_entries,
+        setup,
+        calls,
+        stalls,
+    })
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+fn micros(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+fn print_size(report: &SizeReport) {
+    println!("### N = {}\n", report.n);
+    println!(
+        "{} users, {} API keys, {} providers ({} entries on the provider cleared dry), {} endpoints, {} provider keys, {} global models.\n",
+        report.users,
+        report.api_keys,
+        PROVIDERS,
+        report.provider_entries,
+        PROVIDERS * FORMATS.len(),
+        PROVIDERS * FORMATS.len() * KEYS_PER_ENDPOINT,
+        MODELS.len()
+    );
+    println!("| Setup step | Time | Note |\n|---|---:|---|");
+    for (step, elapsed, note) in &report.setup {
+        println!("| {step} | {} | {note} |", seconds(*elapsed));
+    }
+    println!("\n| Call | Samples | p50 µs | p99 µs |\n|---|---:|---:|---:|");
+    for (call, stat) in &report.calls {
+        println!(
+            "| {call} | {} | {} | {} |",
+            stat.samples,
+            micros(stat.p50),
+            micros(stat.p99)
+        );
+    }
+    println!(
+        "\n| Phase | SLOWLOG ≥10 ms (this run) | (others) | Slowest of this run | LATENCY LATEST (≥10 ms) |\n|---|---:|---:|---|---|"
+    );
+    for (phase, stalls) in &report.stalls {
+        println!(
+            "| {phase} | {} | {} | {} | {} |",
+            stalls.ours,
+            stalls.others,
+            stalls.slowest_text(),
+            stalls.latency_text()
+        );
+    }
+    println!();
+}
+
+fn print_summary(reports: &[SizeReport]) {
+    let (Some(first), Some(last)) = (reports.first(), reports.last()) else {
+        return;
+    };
+    let sizes: Vec<String> = reports.iter().map(|r| format!("N={}", r.n)).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for report in reports {
+        for (name, _) in &report.calls {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+    }
+    for (title, pick) in [("p50", 0), ("p99", 1)] {
+        println!("### {title} in µs by N\n");
+        println!("| Call | {} | ratio N={} / N={} |", sizes.join(" | "), last.n, first.n);
+        println!("|---|{}---:|", "---:|".repeat(reports.len()));
+        for name in &names {
+            let value = |r: &SizeReport| r.stat(name).map(|s| if pick == 0 { s.p50 } else { s.p99 });
+            let cells: Vec<String> = reports.iter().map(|r| value(r).map_or("-".into(), micros)).collect();
+            let ratio = match (value(first), value(last)) {
+                (Some(a), Some(b)) if a > 0.0 => format!("{:.2}x", b / a),
+                _ => "-".into(),
+            };
+            println!("| {name} | {} | {ratio} |", cells.join(" | "));
+        }
+        println!();
+    }
+
+    println!(
+        "### Flatness (p50 at N={} / p50 at N={}; target ≤ 2x)\n",
+        last.n, first.n
+    );
+    println!("| Call | Ratio | Within 2x |\n|---|---:|---|");
+    for name in FLAT_CALLS {
+        if let (Some(a), Some(b)) = (first.stat(name), last.stat(name)) {
+            let ratio = b.p50 / a.p50;
+            println!("| {name} | {ratio:.2}x | {} |", if ratio <= 2.0 { "yes" } else { "NO" });
+        }
+    }
+    println!();
+
+    let mut setup: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for report in reports {
+        for (step, elapsed, _) in &report.setup {
+            setup.entry(step).or_default().push(seconds(*elapsed));
+        }
+    }
+    println!(
+        "### Setup by N\n\n| Step | {} |\n|---|{}",
+        sizes.join(" | "),
+        "---:|".repeat(reports.len())
+    );
+    for (step, cells) in setup {
+        println!("| {step} | {} |", cells.join(" | "));
+    }
+    println!();
+
+    match reports.iter().find(|r| r.n == AETHER_SIZE) {
+        Some(report) => {
+            println!("### Against Aether at N={AETHER_SIZE} (target ≥ 1000x)\n");
+            println!("| Call | Aether | p50 here | Speed-up (p50) | Speed-up (p99) |\n|---|---:|---:|---:|---:|");
+            for (name, aether) in [
+                (LIST_USER, AETHER_USER_LOOKUP_SECONDS),
+                (PAGE_FIRST, AETHER_PAGE_SECONDS),
+                (PAGE_DEEP, AETHER_PAGE_SECONDS),
+            ] {
+                if let Some(stat) = report.stat(name) {
+                    println!(
+                        "| {name} | {aether} s | {} µs | {:.0}x | {:.0}x |",
+                        micros(stat.p50),
+                        aether * 1e6 / stat.p50,
+                        aether * 1e6 / stat.p99
+                    );
+                }
+            }
+            println!();
+        }
+        None => println!("(N={AETHER_SIZE} was not run: no comparison with Aether's measurements.)\n"),
+    }
+}
+
+/// Sizes from the first non-flag argument (cargo passes `--bench`), else the
+/// environment, else the default.
+fn sizes() -> BenchResult<Vec<usize>> {
+    let text = std::env::args()
+        .skip(1)
+        .find(|arg| !arg.starts_with('-'))
+        .or_else(|| std::env::var("AETHER_CONTROL_BENCH_SIZES").ok());
+    let Some(text) = text else {
+        return Ok(DEFAULT_SIZES.to_vec());
+    };
+    let sizes = text
+        .split(',')
+        .map(|part| part.trim().replace('_', "").parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("sizes {text:?}: {e} (expected e.g. 1000,10000)"))?;
+    ensure(
+        !sizes.is_empty() && sizes.iter().all(|&n| (100..=i32::MAX as usize).contains(&n)),
+        || format!("sizes {text:?}: each must be at least 100"),
+    )?;
+    Ok(sizes)
+}
+
+async fn run(sizes: &[usize], url: &str, admin: &Client, watch: &RedisWatch, run_prefix: &str) -> BenchResult<()> {
+    let info: String = admin.custom(cmd!("INFO"), vec!["server"]).await?;
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    eprintln!("redis {version} at {url}; sizes {sizes:?}");
+    watch.configure().await?;
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for &n in sizes {
+        let size_started = Instant::now();
+        reports.push(run_size(n, url, admin, watch, run_prefix).await?);
+        eprintln!("  N = {n} took {:.1} s", size_started.elapsed().as_secs_f64());
+    }
+    println!("## Affinity benchmark (Redis {version}, sizes {sizes:?})\n");
+    for report in &reports {
+        print_size(report);
+    }
+    print_summary(&reports);
+    println!("Total run time: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let sizes = match sizes() {
+        Ok(sizes) => sizes,
+        Err(error) => {
+            eprintln!("affinity bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = std::env::var("AETHER_CONTROL_BENCH_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned());
+    let admin = match Config::from_url(&url).and_then(|config| Builder::from_config(config).build()) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("affinity bench: redis url {url}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = admin.init().await {
+        eprintln!("affinity bench: cannot connect to {url}: {error}");
+        return ExitCode::FAILURE;
+    }
+    let run_prefix = format!("actl_bench_{}_", std::process::id());
+    let watch = RedisWatch {
+        client: admin.clone(),
+        prefix: run_prefix.clone(),
+        saved: Mutex::new(Vec::new()),
+    };
+    let outcome = tokio::select! {
+        outcome = run(&sizes, &url, &admin, &watch, &run_prefix) => outcome,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    // Whatever happened: thresholds back, and no key of this run left.
+    if let Err(error) = watch.restore().await {
+        eprintln!("affinity bench: could not restore Redis settings: {error}");
+    }
+    match unlink_matching(&admin, &format!("{run_prefix}*")).await {
+        Ok(0) => {}
+        Ok(count) => eprintln!("deleted {count} keys left under {run_prefix}*"),
+        Err(error) => eprintln!("affinity bench: cleanup of {run_prefix}* failed: {error}"),
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("affinity bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -67,6 +67,18 @@ pub struct Config {
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
 
+    /// Service tokens for internal callers, comma-separated
+    /// `name:scope+scope:sha256hex` (scopes read, write, admin; the hash is
+    /// the hex SHA-256 of the token). When none are set outside production,
+    /// a local admin token is generated in the data dir.
+    #[arg(
+        long,
+        env = "AETHER_CONTROL_SERVICE_TOKENS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub service_tokens: String,
+
     /// Deployment environment.
     #[arg(long, env = "ENVIRONMENT", value_enum, default_value = "development")]
     pub environment: Environment,
@@ -98,6 +110,11 @@ pub struct Config {
     /// about this interval plus one scan.
     #[arg(long, env = "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", default_value_t = 10)]
     pub reconcile_interval_seconds: u64,
+
+    /// TTL of the "model not found" entries we cache, in seconds: a model
+    /// created after a miss resolves at most this long later (Aether: 300).
+    #[arg(long, env = "AETHER_CONTROL_MODEL_NEGATIVE_CACHE_TTL_SECONDS", default_value_t = 30)]
+    pub model_negative_cache_ttl_seconds: u64,
 
     /// When to create missing tables.
     #[arg(long, env = "AETHER_CONTROL_DB_MIGRATE", value_enum, default_value = "auto")]
@@ -187,6 +204,14 @@ impl Config {
         if self.affinity_ttl_seconds == 0 || self.affinity_ttl_seconds > MAX_AFFINITY_TTL.as_secs() {
             return Err(invalid("AETHER_CONTROL_AFFINITY_TTL_SECONDS", "must be 1..=604800"));
         }
+        crate::auth::service_tokens::ServiceTokens::parse(&self.service_tokens)
+            .map_err(|e| invalid("AETHER_CONTROL_SERVICE_TOKENS", e.to_string()))?;
+        if !(1..=300).contains(&self.model_negative_cache_ttl_seconds) {
+            return Err(invalid(
+                "AETHER_CONTROL_MODEL_NEGATIVE_CACHE_TTL_SECONDS",
+                "must be 1..=300",
+            ));
+        }
         if !(1..=3600).contains(&self.reconcile_interval_seconds) {
             return Err(invalid("AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", "must be 1..=3600"));
         }
@@ -238,6 +263,11 @@ impl Config {
     /// Default affinity TTL.
     pub fn affinity_ttl(&self) -> Duration {
         Duration::from_secs(self.affinity_ttl_seconds)
+    }
+
+    /// TTL of cached model-name misses.
+    pub fn model_negative_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.model_negative_cache_ttl_seconds)
     }
 
     /// Interval of the index reconciler.
@@ -319,6 +349,11 @@ mod tests {
             (&["--redis-namespace", "a*"], "AETHER_CONTROL_REDIS_NAMESPACE"),
             (&["--store-timeout-ms", "0"], "AETHER_CONTROL_STORE_TIMEOUT_MS"),
             (&["--affinity-ttl-seconds", "0"], "AETHER_CONTROL_AFFINITY_TTL_SECONDS"),
+            (&["--service-tokens", "gw:read:abc"], "AETHER_CONTROL_SERVICE_TOKENS"),
+            (
+                &["--reconcile-interval-seconds", "0"],
+                "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS",
+            ),
         ];
         for (args, name) in cases {
             let err = parse(args).validate().unwrap_err();

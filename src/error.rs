@@ -73,11 +73,23 @@ pub enum Error {
         /// Human-readable explanation.
         description: String,
     },
-    /// The RPC is part of the contract but not delivered yet.
-    #[error("{rpc} is not implemented yet")]
-    Unimplemented {
-        /// Full RPC name.
-        rpc: &'static str,
+    /// No valid credential: missing, malformed, expired, revoked or unknown.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated {
+        /// Stable machine-readable reason.
+        reason: &'static str,
+    },
+    /// A valid credential that may not make this call.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// Stable machine-readable reason.
+        reason: &'static str,
+    },
+    /// A destructive call ran but its audit row could not be written.
+    #[error("{action} ran but its audit record could not be written")]
+    AuditFailed {
+        /// The audited action.
+        action: String,
     },
     /// A store failed.
     #[error(transparent)]

@@ -4,6 +4,7 @@
 //! transport or store types) -> `store` / `db` (Redis, memory, sea-orm).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod domain;

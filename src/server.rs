@@ -11,12 +11,20 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::service_tokens::{self, ServiceTokens};
+use crate::auth::{Authenticator, Scopes};
 use crate::config::{Config, Environment};
 use crate::db::DbConnection;
+use crate::db::auth::SeaOrmUserAccess;
 use crate::db::directory::SeaOrmDirectory;
+use crate::db::models::SeaOrmModelCatalog;
 use crate::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
 use crate::domain::crypto::KeyCipher;
+use crate::domain::models::{ModelMappingSettings, ModelResolver};
+use crate::domain::users::UserEngine;
 use crate::grpc::affinity::AffinityGrpc;
+use crate::grpc::auth::AuthLayer;
 use crate::grpc::model_mapping::ModelMappingGrpc;
 use crate::grpc::user::UserGrpc;
 use crate::health::{self, HealthPlan};
@@ -45,6 +53,9 @@ pub enum StartError {
     /// Redis is misconfigured.
     #[error("redis: {0}")]
     Redis(String),
+    /// The credential configuration cannot be used.
+    #[error("auth: {0}")]
+    Auth(String),
     /// ENCRYPTION_KEY is missing where required.
     #[error("encryption key: {0}")]
     Crypto(String),
@@ -151,6 +162,38 @@ async fn redis_backends(config: &Config, url: &str) -> Result<AffinityBackends, 
     })
 }
 
+/// Credentials: configured service tokens (or, outside production with none
+/// configured, a generated local admin token in the data dir), Aether admin
+/// JWTs when JWT_SECRET_KEY is set, and Aether's logout blacklist in Redis.
+fn authenticator(
+    config: &Config,
+    cache: &Arc<dyn CacheStore>,
+    database: &DbConnection,
+) -> Result<Authenticator, StartError> {
+    let mut tokens = ServiceTokens::parse(&config.service_tokens).map_err(|e| StartError::Auth(e.to_string()))?;
+    if tokens.is_empty() && config.environment != Environment::Production {
+        let (token, path, created) = service_tokens::local_admin_token(&config.data_dir)
+            .map_err(|e| StartError::Auth(format!("local admin token in {}: {e}", config.data_dir.display())))?;
+        tokens.add(service_tokens::LOCAL_ADMIN, Scopes::ALL, &token);
+        tracing::info!(
+            path = %path.display(),
+            created,
+            "no service tokens configured: the local admin token is in this file; send it as `authorization: Bearer <token>`"
+        );
+    }
+    let jwt = config
+        .jwt_secret_key
+        .as_deref()
+        .filter(|secret| !secret.is_empty())
+        .map(JwtVerifier::new);
+    if jwt.is_none() {
+        tracing::info!("JWT_SECRET_KEY is not set: Aether admin tokens are not accepted, only service tokens");
+    }
+    let users = Arc::new(SeaOrmUserAccess::new(database.connection().clone()));
+    let blacklist = config.redis_url.is_some().then(|| cache.clone());
+    Ok(Authenticator::new(jwt, tokens, users, blacklist))
+}
+
 /// Background upkeep: counter flushes every second, reconciles on their
 /// interval. Ends with a last flush when `stop` turns true.
 async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: watch::Receiver<bool>) {
@@ -240,13 +283,26 @@ pub async fn serve(
         let _ = drain_tx.send(true);
     };
 
+    let directory = Arc::new(SeaOrmDirectory::new(stores.database.connection().clone()));
+    let users = UserEngine::new(stores.cache.clone(), directory);
+    let models = ModelResolver::new(
+        stores.cache.clone(),
+        Arc::new(SeaOrmModelCatalog::new(stores.database.connection().clone())),
+        ModelMappingSettings {
+            negative_ttl: config.model_negative_cache_ttl(),
+            shared_cache: config.redis_url.is_some(),
+        },
+    );
+    let authenticator = authenticator(&config, &stores.cache, &stores.database)?;
+
     let server = Server::builder()
+        .layer(AuthLayer::new(Arc::new(authenticator)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AffinityServiceServer::new(AffinityGrpc::new(engine, stop_rx)))
-        .add_service(UserServiceServer::new(UserGrpc))
-        .add_service(ModelMappingServiceServer::new(ModelMappingGrpc))
+        .add_service(UserServiceServer::new(UserGrpc::new(users)))
+        .add_service(ModelMappingServiceServer::new(ModelMappingGrpc::new(models)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
     let result = tokio::select! {

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use aether_control::proto::affinity_service_client::AffinityServiceClient;
 use aether_control::proto::*;
-use common::server::TestServer;
+use common::server::{AuthedChannel, TestServer};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 fn set_request(key: &str, endpoint: &str) -> SetAffinityRequest {
@@ -33,7 +32,7 @@ fn get_request(key: &str) -> GetAffinityRequest {
     }
 }
 
-async fn data_plane_suite(channel: Channel) {
+async fn data_plane_suite(channel: AuthedChannel) {
     let mut client = AffinityServiceClient::new(channel);
 
     // Missing: NOT_FOUND with ResourceInfo.
@@ -148,7 +147,7 @@ async fn data_plane_suite(channel: Channel) {
     client.get_affinity(get_request("ak-*")).await.expect("exact glob key");
 }
 
-async fn bad_input_suite(channel: Channel) {
+async fn bad_input_suite(channel: AuthedChannel) {
     let mut client = AffinityServiceClient::new(channel);
     let cases: Vec<(SetAffinityRequest, &str)> = vec![
         (

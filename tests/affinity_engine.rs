@@ -9,11 +9,10 @@ use std::time::Duration;
 use aether_control::proto::affinity_service_client::AffinityServiceClient;
 use aether_control::proto::*;
 use common::fixtures::{self, *};
-use common::server::TestServer;
+use common::server::{AuthedChannel, TestServer};
 use tonic::Code;
-use tonic::transport::Channel;
 
-type Client = AffinityServiceClient<Channel>;
+type Client = AffinityServiceClient<AuthedChannel>;
 
 async fn pin(client: &mut Client, api_key: &str, format: &str, provider: &str, endpoint: &str, key: &str) -> Affinity {
     let request = SetAffinityRequest {
@@ -432,7 +431,7 @@ async fn events_suite(client: &mut Client) {
     );
 }
 
-async fn full_suite(channel: Channel) {
+async fn full_suite(channel: AuthedChannel) {
     let mut client = AffinityServiceClient::new(channel);
     listing_suite(&mut client).await;
     clearing_suite(&mut client).await;

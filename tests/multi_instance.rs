@@ -32,10 +32,18 @@ async fn two_instances_share_events_and_count_clears_exactly() {
     let mut b = AffinityServiceClient::new(second.channel().await);
 
     // A change made through one instance reaches a watcher on the other.
-    let mut events = b.watch_affinity_events(WatchAffinityEventsRequest::default()).await.unwrap().into_inner();
+    let mut events = b
+        .watch_affinity_events(WatchAffinityEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.set_affinity(set_request(0)).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), events.message()).await.unwrap().unwrap().unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(event.affinity.unwrap().affinity_key, "ak-0");
     drop(events);
 
@@ -48,19 +56,41 @@ async fn two_instances_share_events_and_count_clears_exactly() {
     });
     let mut deleted = 0;
     while !writer.is_finished() {
-        let request = ClearProviderAffinitiesRequest { provider_id: "prov-shared".into(), dry_run: false };
-        deleted += a.clear_provider_affinities(request).await.unwrap().into_inner().deleted_count;
-    }
-    writer.await.unwrap();
-    let remaining =
-        a.list_affinities(ListAffinitiesRequest { keyword: String::new(), page_size: 1000, ..Default::default() })
+        let request = ClearProviderAffinitiesRequest {
+            provider_id: "prov-shared".into(),
+            dry_run: false,
+        };
+        deleted += a
+            .clear_provider_affinities(request)
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .deleted_count;
+    }
+    writer.await.unwrap();
+    let remaining = a
+        .list_affinities(ListAffinitiesRequest {
+            keyword: String::new(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let live = remaining.affinities.len() as i64;
     assert_eq!(deleted + live, 301, "deleted {deleted} + live {live}");
-    let request = ClearAllAffinitiesRequest { confirm: true, dry_run: false };
-    assert_eq!(a.clear_all_affinities(request).await.unwrap().into_inner().deleted_count, live);
+    let request = ClearAllAffinitiesRequest {
+        confirm: true,
+        dry_run: false,
+    };
+    assert_eq!(
+        a.clear_all_affinities(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted_count,
+        live
+    );
 
     first.stop().await;
     second.stop().await;

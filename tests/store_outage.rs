@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use aether_control::proto::affinity_service_client::AffinityServiceClient;
 use aether_control::proto::*;
 use common::proxy::CuttableProxy;
+use common::server::AuthedChannel;
 use common::server::TestServer;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-async fn status_of(channel: &Channel, service: &str) -> ServingStatus {
+async fn status_of(channel: &AuthedChannel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: service.into(),
@@ -28,7 +28,7 @@ async fn status_of(channel: &Channel, service: &str) -> ServingStatus {
 }
 
 /// Polls until `service` reports `want`; returns how long it took.
-async fn wait_for_status(channel: &Channel, service: &str, want: ServingStatus) -> Duration {
+async fn wait_for_status(channel: &AuthedChannel, service: &str, want: ServingStatus) -> Duration {
     let started = Instant::now();
     while status_of(channel, service).await != want {
         assert!(
@@ -53,29 +53,9 @@ fn set_request() -> SetAffinityRequest {
     }
 }
 
-/// `host[:port]` of a store URL, without credentials.
-fn authority(url: &str) -> String {
-    let rest = url.split("://").nth(1).unwrap_or("");
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    authority.rsplit('@').next().unwrap_or(authority).to_owned()
-}
-
-fn target(url: &str, default_port: u16) -> std::net::SocketAddr {
-    let host_port = authority(url);
-    let with_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
-        .expect("resolvable")
-        .next()
-        .expect("an address")
-}
-
 #[tokio::test]
 async fn redis_outage_is_reported_and_recovered() {
-    let proxy = CuttableProxy::start(target(&common::redis::url(), 6379)).await;
+    let proxy = CuttableProxy::start(common::store_address(&common::redis::url(), 6379)).await;
     let namespace = common::redis::namespace();
     let url = format!("redis://{}/0", proxy.addr);
     let server = TestServer::start(&["--redis-url", &url, "--redis-namespace", &namespace]).await;
@@ -122,10 +102,10 @@ async fn redis_outage_is_reported_and_recovered() {
 #[tokio::test]
 async fn database_outage_is_reported_and_recovered() {
     let database = common::pg::TestDatabase::create().await;
-    let proxy = CuttableProxy::start(target(&database.url, 5432)).await;
+    let proxy = CuttableProxy::start(common::store_address(&database.url, 5432)).await;
     let url = database
         .url
-        .replacen(&authority(&database.url), &proxy.addr.to_string(), 1);
+        .replacen(&common::authority(&database.url), &proxy.addr.to_string(), 1);
     let server = TestServer::start(&["--database-url", &url, "--db-migrate", "always"]).await;
     let channel = server.channel().await;
     wait_for_status(&channel, "", ServingStatus::Serving).await;

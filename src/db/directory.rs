@@ -390,6 +390,79 @@ impl Directory for SeaOrmDirectory {
             provider_key_ids,
         })
     }
+
+    async fn user_row(
+        &self,
+        key: &crate::domain::directory::UserKey,
+    ) -> Result<Option<crate::domain::directory::UserRow>, StoreError> {
+        user_row(&self.db, key).await
+    }
+}
+
+/// The selected columns of a `users` row, in [`user_row`] order.
+type UserRowColumns = (
+    String,
+    String,
+    String,
+    users::UserRole,
+    bool,
+    Option<f64>,
+    Option<f64>,
+    sea_orm::prelude::DateTimeWithTimeZone,
+    Option<sea_orm::prelude::DateTimeWithTimeZone>,
+    Option<String>,
+);
+
+/// One `users` row by id or email. `model_capability_settings` is read as
+/// its stored text (`CAST(.. AS text)`: verbatim for PostgreSQL `json`, and
+/// the text itself on SQLite), so object members keep their document order.
+async fn user_row(
+    db: &DatabaseConnection,
+    key: &crate::domain::directory::UserKey,
+) -> Result<Option<crate::domain::directory::UserRow>, StoreError> {
+    use crate::domain::directory::{UserKey, UserRole, UserRow};
+
+    let filter = match key {
+        UserKey::Id(id) => users::Column::Id.eq(id.as_str()),
+        UserKey::Email(email) => users::Column::Email.eq(email.as_str()),
+    };
+    let settings_text = Expr::col(users::Column::ModelCapabilitySettings.as_column_ref()).cast_as("text");
+    let row: Option<UserRowColumns> = users::Entity::find()
+        .select_only()
+        .columns([
+            users::Column::Id,
+            users::Column::Email,
+            users::Column::Username,
+            users::Column::Role,
+            users::Column::IsActive,
+            users::Column::QuotaUsd,
+            users::Column::UsedUsd,
+            users::Column::CreatedAt,
+            users::Column::LastLoginAt,
+        ])
+        .column_as(settings_text, "model_capability_settings")
+        .filter(filter)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(db_error)?;
+    Ok(row.map(
+        |(id, email, username, role, is_active, quota_usd, used_usd, created_at, last_login_at, settings)| UserRow {
+            id,
+            email,
+            username,
+            role: match role {
+                users::UserRole::Admin => UserRole::Admin,
+                users::UserRole::User => UserRole::User,
+            },
+            is_active,
+            quota_usd,
+            used_usd,
+            created_at,
+            last_login_at,
+            model_capability_settings: settings,
+        },
+    ))
 }
 
 #[cfg(test)]

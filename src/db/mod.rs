@@ -1,8 +1,11 @@
 //! The relational side: Aether's tables through sea-orm (PostgreSQL in
 //! production, SQLite for the embedded default).
 
+pub mod audit;
+pub mod auth;
 pub mod directory;
 pub mod entities;
+pub mod models;
 
 use std::time::Duration;
 

@@ -133,4 +133,52 @@ pub trait Directory: Send + Sync + 'static {
     /// providers.id and provider_api_keys.id. `%`, `_` and `\` in the
     /// keyword are literal. At most `limit` ids of each kind.
     async fn search(&self, keyword: &str, limit: u64) -> Result<KeywordHits, StoreError>;
+
+    /// The full `users` row with this id or email (exact, case-sensitive;
+    /// no active/deleted filter), if any.
+    async fn user_row(&self, key: &UserKey) -> Result<Option<UserRow>, StoreError>;
+}
+
+/// A `users` column that identifies one row (both are unique).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UserKey {
+    /// `users.id`.
+    Id(String),
+    /// `users.email`, exact (no case folding).
+    Email(String),
+}
+
+/// Aether's `userrole`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UserRole {
+    /// `'admin'`.
+    Admin,
+    /// `'user'`.
+    User,
+}
+
+/// A `users` row: the columns Aether caches for a user, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRow {
+    /// `users.id`.
+    pub id: String,
+    /// `users.email`.
+    pub email: String,
+    /// `users.username`.
+    pub username: String,
+    /// `users.role`.
+    pub role: UserRole,
+    /// `users.is_active`.
+    pub is_active: bool,
+    /// `users.quota_usd`.
+    pub quota_usd: Option<f64>,
+    /// `users.used_usd` (nullable in Aether's schema).
+    pub used_usd: Option<f64>,
+    /// `users.created_at`.
+    pub created_at: chrono::DateTime<chrono::FixedOffset>,
+    /// `users.last_login_at`.
+    pub last_login_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// `users.model_capability_settings` as the JSON text stored (members in
+    /// document order, as Aether's driver reads them).
+    pub model_capability_settings: Option<String>,
 }

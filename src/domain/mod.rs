@@ -2,6 +2,9 @@
 //! through the traits in `crate::store`.
 
 pub mod affinity;
+pub mod audit;
 pub mod crypto;
 pub mod directory;
+pub mod models;
+pub mod users;
 pub mod validate;

@@ -221,6 +221,179 @@ pub fn event(value: &AffinityEvent) -> proto::WatchAffinityEventsResponse {
     }
 }
 
+/// Model-mapping messages (`ModelMappingService`).
+pub mod models {
+    use serde_json::Value;
+
+    use super::proto_duration;
+    use crate::domain::models::{
+        CacheBreakdown, CachedMapping, CachedProviderModel, GlobalModel, MappingStats, ModelMatch, ProviderModel,
+        Resolution, UnmappedName, UnmappedStatus,
+    };
+    use crate::proto;
+
+    /// JSON as a `google.protobuf.Value`.
+    pub fn json_value(value: &Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match value {
+            Value::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+            Value::Bool(b) => Kind::BoolValue(*b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            Value::String(s) => Kind::StringValue(s.clone()),
+            Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+                values: items.iter().map(json_value).collect(),
+            }),
+            Value::Object(fields) => Kind::StructValue(prost_types::Struct {
+                fields: fields.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+
+    fn optional_json(value: Option<&Value>) -> Option<prost_types::Value> {
+        value.map(json_value)
+    }
+
+    /// A global model as the proto message.
+    pub fn global_model(value: &GlobalModel) -> proto::GlobalModel {
+        proto::GlobalModel {
+            id: value.id.clone(),
+            name: value.name.clone(),
+            display_name: value.display_name.clone(),
+            supported_capabilities: optional_json(value.supported_capabilities.as_ref()),
+            config: optional_json(value.config.as_ref()),
+            default_tiered_pricing: optional_json(value.default_tiered_pricing.as_ref()),
+            default_price_per_request: value.default_price_per_request,
+            is_active: value.is_active,
+        }
+    }
+
+    /// A provider model as the proto message.
+    pub fn model(value: &ProviderModel) -> proto::Model {
+        proto::Model {
+            id: value.id.clone(),
+            provider_id: value.provider_id.clone(),
+            global_model_id: value.global_model_id.clone(),
+            provider_model_name: value.provider_model_name.clone(),
+            provider_model_mappings: value
+                .name_mappings()
+                .into_iter()
+                .map(|m| proto::ProviderModelNameMapping {
+                    name: m.name,
+                    priority: m.priority,
+                })
+                .collect(),
+            is_active: value.is_active,
+            // NULL reads as the column default.
+            is_available: value.is_available.unwrap_or(true),
+            price_per_request: value.price_per_request,
+            tiered_pricing: optional_json(value.tiered_pricing.as_ref()),
+            supports_vision: value.supports_vision,
+            supports_function_calling: value.supports_function_calling,
+            supports_streaming: value.supports_streaming,
+            supports_extended_thinking: value.supports_extended_thinking,
+            supports_image_generation: value.supports_image_generation,
+            config: optional_json(value.config.as_ref()),
+        }
+    }
+
+    impl From<ModelMatch> for proto::ModelMatchKind {
+        fn from(value: ModelMatch) -> Self {
+            match value {
+                ModelMatch::ProviderModelName => Self::ProviderModelName,
+                ModelMatch::GlobalModelName => Self::GlobalModelName,
+                ModelMatch::Cache => Self::Cache,
+            }
+        }
+    }
+
+    /// A resolution as the response.
+    pub fn resolution(value: Resolution) -> proto::ResolveModelResponse {
+        proto::ResolveModelResponse {
+            global_model: Some(global_model(&value.global_model)),
+            matched_by: proto::ModelMatchKind::from(value.matched_by).into(),
+            from_cache: value.from_cache,
+            conflicting_global_model_ids: value.conflicting_global_model_ids,
+        }
+    }
+
+    impl From<UnmappedStatus> for proto::UnmappedStatus {
+        fn from(value: UnmappedStatus) -> Self {
+            match value {
+                UnmappedStatus::NotFound => Self::NotFound,
+                UnmappedStatus::Invalid => Self::Invalid,
+                UnmappedStatus::Error => Self::Error,
+            }
+        }
+    }
+
+    fn count(value: u64) -> i64 {
+        i64::try_from(value).unwrap_or(i64::MAX)
+    }
+
+    fn breakdown(value: &CacheBreakdown) -> proto::ModelMappingCacheBreakdown {
+        proto::ModelMappingCacheBreakdown {
+            model_by_id: count(value.model_by_id),
+            model_by_provider_global: count(value.model_by_provider_global),
+            global_model_by_id: count(value.global_model_by_id),
+            global_model_by_name: count(value.global_model_by_name),
+            global_model_resolve: count(value.global_model_resolve),
+        }
+    }
+
+    fn mapping(value: CachedMapping) -> proto::CachedModelMapping {
+        proto::CachedModelMapping {
+            mapping_name: value.mapping_name,
+            global_model_name: value.global_model_name,
+            global_model_display_name: value.global_model_display_name,
+            providers: value.providers,
+            ttl: value.ttl.map(proto_duration),
+        }
+    }
+
+    fn provider_model(value: CachedProviderModel) -> proto::CachedProviderModel {
+        proto::CachedProviderModel {
+            provider_id: value.provider_id,
+            provider_name: value.provider_name,
+            global_model_id: value.global_model_id,
+            global_model_name: value.global_model_name,
+            global_model_display_name: value.global_model_display_name,
+            provider_model_name: value.provider_model_name,
+            aliases: value.aliases,
+            ttl: value.ttl.map(proto_duration),
+            hit_count: value.hit_count,
+        }
+    }
+
+    fn unmapped(value: UnmappedName) -> proto::UnmappedModelName {
+        proto::UnmappedModelName {
+            mapping_name: value.mapping_name,
+            status: proto::UnmappedStatus::from(value.status).into(),
+            ttl: value.ttl.map(proto_duration),
+        }
+    }
+
+    /// The stats as the response. The in-process memory cache (no Redis)
+    /// is reported too, saying it is not Aether's.
+    pub fn stats(value: MappingStats) -> proto::GetModelMappingStatsResponse {
+        proto::GetModelMappingStatsResponse {
+            available: true,
+            message: if value.shared_cache {
+                String::new()
+            } else {
+                "no Redis configured: this is the in-process memory cache of this instance, not shared with Aether"
+                    .to_owned()
+            },
+            ttl: Some(proto_duration(value.ttl)),
+            total_keys: count(value.breakdown.total()),
+            breakdown: Some(breakdown(&value.breakdown)),
+            mappings: value.mappings.into_iter().map(mapping).collect(),
+            provider_model_mappings: value.provider_models.into_iter().map(provider_model).collect(),
+            unmapped: value.unmapped.into_iter().map(unmapped).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

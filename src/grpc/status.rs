@@ -38,9 +38,26 @@ impl From<Error> for Status {
                 let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
-            Error::Unimplemented { rpc } => {
-                let details = ErrorDetails::with_error_info("NOT_IMPLEMENTED_YET", ERROR_DOMAIN, HashMap::new());
-                Status::with_error_details(Code::Unimplemented, format!("{rpc} is not implemented yet"), details)
+            Error::Unauthenticated { reason } => {
+                let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Unauthenticated, "a valid credential is required", details)
+            }
+            Error::PermissionDenied { reason } => {
+                let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    "this credential may not make this call",
+                    details,
+                )
+            }
+            Error::AuditFailed { action } => {
+                let details = ErrorDetails::with_error_info(
+                    "AUDIT_WRITE_FAILED",
+                    ERROR_DOMAIN,
+                    HashMap::from([("action".to_owned(), action.clone())]),
+                );
+                let message = format!("{action} ran but its audit record could not be written");
+                Status::with_error_details(Code::Internal, message, details)
             }
             Error::Store(StoreError::Unavailable { store, detail }) => {
                 tracing::warn!(store = store.as_str(), %detail, "store unavailable");

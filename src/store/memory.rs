@@ -291,14 +291,18 @@ impl EventBus for MemoryEventBus {
     }
 }
 
+/// Cached values with the instant they expire.
+type CacheEntries = HashMap<String, (String, Instant)>;
+
 /// Aether's caches in a process-local map, with TTLs.
 #[derive(Default)]
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (String, Instant)>>,
+    entries: Mutex<CacheEntries>,
 }
 
 impl MemoryCache {
-    fn lock(&self) -> Result<MutexGuard<'_, HashMap<String, (String, Instant)>>, StoreError> {
+    /// The live entries (expired ones are dropped on the way).
+    fn lock(&self) -> Result<MutexGuard<'_, CacheEntries>, StoreError> {
         let mut entries = self.entries.lock().map_err(|_| poisoned())?;
         let now = Instant::now();
         entries.retain(|_, (_, expires)| *expires > now);
@@ -313,13 +317,19 @@ impl CacheStore for MemoryCache {
     }
 
     async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.lock()?.insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
+        self.lock()?
+            .insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
         Ok(())
     }
 
     async fn delete(&self, keys: &[String], dry_run: bool) -> Result<u64, StoreError> {
         let mut entries = self.lock()?;
-        let present = keys.iter().collect::<HashSet<_>>().into_iter().filter(|k| entries.contains_key(*k)).count();
+        let present = keys
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|k| entries.contains_key(*k))
+            .count();
         if !dry_run {
             for key in keys {
                 entries.remove(key);
@@ -330,18 +340,30 @@ impl CacheStore for MemoryCache {
 
     async fn incr_with_ttl(&self, key: &str, ttl: Duration) -> Result<i64, StoreError> {
         let mut entries = self.lock()?;
-        let current = entries.get(key).and_then(|(value, _)| value.parse::<i64>().ok()).unwrap_or(0);
+        let current = entries
+            .get(key)
+            .and_then(|(value, _)| value.parse::<i64>().ok())
+            .unwrap_or(0);
         let next = current + 1;
         entries.insert(key.to_owned(), (next.to_string(), Instant::now() + ttl));
         Ok(next)
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        Ok(self.lock()?.get(key).map(|(_, expires)| expires.saturating_duration_since(Instant::now())))
+        Ok(self
+            .lock()?
+            .get(key)
+            .map(|(_, expires)| expires.saturating_duration_since(Instant::now())))
     }
 
     async fn keys_with_prefix(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
-        Ok(self.lock()?.keys().filter(|k| k.starts_with(prefix)).take(max).cloned().collect())
+        Ok(self
+            .lock()?
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .take(max)
+            .cloned()
+            .collect())
     }
 
     async fn delete_prefix(&self, prefix: &str, dry_run: bool) -> Result<u64, StoreError> {

@@ -859,7 +859,11 @@ impl RedisCache {
 #[async_trait]
 impl CacheStore for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.redis.client()?.get(self.redis.key(key)).await.map_err(|e| store_error(&e))
+        self.redis
+            .client()?
+            .get(self.redis.key(key))
+            .await
+            .map_err(|e| store_error(&e))
     }
 
     async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -873,7 +877,11 @@ impl CacheStore for RedisCache {
 
     async fn delete(&self, keys: &[String], dry_run: bool) -> Result<u64, StoreError> {
         let names = keys.iter().map(|k| self.redis.key(k)).collect();
-        let command = if dry_run { KeyCountCommand::Exists } else { KeyCountCommand::Unlink };
+        let command = if dry_run {
+            KeyCountCommand::Exists
+        } else {
+            KeyCountCommand::Unlink
+        };
         self.redis.sum_over_batches(command, names).await
     }
 
@@ -881,12 +889,20 @@ impl CacheStore for RedisCache {
         let client = self.redis.client()?;
         let name = self.redis.key(key);
         let value: i64 = client.incr(&name).await.map_err(|e| store_error(&e))?;
-        let _: i64 = client.expire(&name, ttl.as_secs().max(1) as i64, None).await.map_err(|e| store_error(&e))?;
+        let _: i64 = client
+            .expire(&name, ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(|e| store_error(&e))?;
         Ok(value)
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        let seconds: i64 = self.redis.client()?.ttl(self.redis.key(key)).await.map_err(|e| store_error(&e))?;
+        let seconds: i64 = self
+            .redis
+            .client()?
+            .ttl(self.redis.key(key))
+            .await
+            .map_err(|e| store_error(&e))?;
         Ok((seconds > 0).then(|| Duration::from_secs(seconds as u64)))
     }
 

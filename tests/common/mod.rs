@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod jwt;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
@@ -24,4 +25,25 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// `host[:port]` of a store URL, without credentials.
+pub fn authority(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or("");
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority.rsplit('@').next().unwrap_or(authority).to_owned()
+}
+
+/// The socket address of a store URL, with `default_port` when it names none.
+pub fn store_address(url: &str, default_port: u16) -> std::net::SocketAddr {
+    let host_port = authority(url);
+    let with_port = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .expect("resolvable")
+        .next()
+        .expect("an address")
 }

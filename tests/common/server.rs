@@ -8,7 +8,54 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// Service tokens every test server accepts, by scope.
+pub mod tokens {
+    use aether_control::auth::service_tokens::hash_hex;
+
+    /// read only.
+    pub const READ: &str = "test-read-token";
+    /// write only.
+    pub const WRITE: &str = "test-write-token";
+    /// admin only.
+    pub const ADMIN: &str = "test-admin-token";
+    /// read + write + admin.
+    pub const ALL: &str = "test-all-token";
+
+    /// The `--service-tokens` value for them.
+    pub fn config() -> String {
+        [
+            ("reader", "read", READ),
+            ("writer", "write", WRITE),
+            ("admin", "admin", ADMIN),
+            ("all", "read+write+admin", ALL),
+        ]
+        .iter()
+        .map(|(name, scopes, token)| format!("{name}:{scopes}:{}", hash_hex(token)))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(&'static str);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| tonic::Status::internal("token metadata"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates every call.
+pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 
 /// A running server and what it needs to stop cleanly.
 pub struct TestServer {
@@ -34,6 +81,8 @@ impl TestServer {
             "--store-timeout-ms",
             "500",
         ];
+        let token_config = tokens::config();
+        argv.extend_from_slice(&["--service-tokens", &token_config]);
         argv.extend_from_slice(args);
         let config = Config::try_parse_from(argv).expect("test flags parse");
         config.validate().expect("test config is valid");
@@ -81,8 +130,13 @@ impl TestServer {
         }
     }
 
-    /// A client channel to the server.
-    pub async fn channel(&self) -> Channel {
+    /// A client channel to the server that sends a token with every scope.
+    pub async fn channel(&self) -> AuthedChannel {
+        InterceptedService::new(self.raw_channel().await, BearerToken(tokens::ALL))
+    }
+
+    /// A client channel without credentials.
+    pub async fn raw_channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
             .expect("endpoint")
             .connect()

@@ -1,0 +1,40 @@
+//! The users-table side of authentication: an admin's standing.
+
+use async_trait::async_trait;
+use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+
+use super::entities::users::{self, UserRole};
+use super::store_error;
+use crate::auth::{UserAccess, UserAccessLookup};
+use crate::error::StoreError;
+
+/// Reads role and active flags from `users`.
+pub struct SeaOrmUserAccess {
+    db: DatabaseConnection,
+}
+
+impl SeaOrmUserAccess {
+    /// A lookup over `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl UserAccessLookup for SeaOrmUserAccess {
+    async fn user_access(&self, user_id: &str) -> Result<Option<UserAccess>, StoreError> {
+        let row: Option<(UserRole, bool, bool)> = users::Entity::find_by_id(user_id.to_owned())
+            .select_only()
+            .column(users::Column::Role)
+            .column(users::Column::IsActive)
+            .column(users::Column::IsDeleted)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(row.map(|(role, is_active, is_deleted)| UserAccess {
+            is_admin: role == UserRole::Admin,
+            is_active: is_active && !is_deleted,
+        }))
+    }
+}
