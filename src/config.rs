@@ -22,6 +22,16 @@ pub enum Environment {
     Production,
 }
 
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
 /// When to run the schema migrations (which only create missing tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "lower")]
@@ -32,6 +42,36 @@ pub enum MigrateMode {
     Always,
     /// Never touch the schema.
     Never,
+}
+
+/// Where the REST/JSON shim listens: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpListen {
+    /// No REST/JSON shim.
+    Off,
+    /// Listen here.
+    On(SocketAddr),
+}
+
+impl HttpListen {
+    /// The address, unless off.
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            Self::Off => None,
+            Self::On(address) => Some(address),
+        }
+    }
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        text.trim().parse().map(Self::On)
+    }
 }
 
 /// The service configuration.
@@ -45,6 +85,11 @@ pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "AETHER_CONTROL_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// REST/JSON shim listen address (`/v1/...`, `/api/admin/monitoring/cache/...`,
+    /// `/healthz`, `/readyz`, `/openapi.json`), or `off`.
+    #[arg(long, env = "AETHER_CONTROL_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: HttpListen,
 
     /// Directory for the embedded SQLite database and generated secrets.
     #[arg(long, env = "AETHER_CONTROL_DATA_DIR", default_value = "data")]
@@ -119,6 +164,20 @@ pub struct Config {
     /// When to create missing tables.
     #[arg(long, env = "AETHER_CONTROL_DB_MIGRATE", value_enum, default_value = "auto")]
     pub db_migrate: MigrateMode,
+
+    /// Calls allowed in flight at once; more are refused with
+    /// RESOURCE_EXHAUSTED at once (load shedding, no queue).
+    #[arg(long, env = "AETHER_CONTROL_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// Longest a call may take, in milliseconds; a caller's shorter
+    /// `grpc-timeout` wins. Past it the call ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "AETHER_CONTROL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Log format: text or json.
+    #[arg(long, env = "AETHER_CONTROL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Longest wait for in-flight calls after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "AETHER_CONTROL_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
@@ -206,10 +265,26 @@ impl Config {
         }
         crate::auth::service_tokens::ServiceTokens::parse(&self.service_tokens)
             .map_err(|e| invalid("AETHER_CONTROL_SERVICE_TOKENS", e.to_string()))?;
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return Err(invalid("AETHER_CONTROL_MAX_IN_FLIGHT", "must be 1..=100000"));
+        }
+        if !(10..=600_000).contains(&self.request_timeout_ms) {
+            return Err(invalid("AETHER_CONTROL_REQUEST_TIMEOUT_MS", "must be 10..=600000"));
+        }
         if !(1..=300).contains(&self.model_negative_cache_ttl_seconds) {
             return Err(invalid(
                 "AETHER_CONTROL_MODEL_NEGATIVE_CACHE_TTL_SECONDS",
                 "must be 1..=300",
+            ));
+        }
+        if self
+            .http_listen
+            .address()
+            .is_some_and(|http| http == self.listen && http.port() != 0)
+        {
+            return Err(invalid(
+                "AETHER_CONTROL_HTTP_LISTEN",
+                "must differ from AETHER_CONTROL_LISTEN",
             ));
         }
         if !(1..=3600).contains(&self.reconcile_interval_seconds) {
@@ -265,6 +340,11 @@ impl Config {
         Duration::from_secs(self.affinity_ttl_seconds)
     }
 
+    /// Longest a call may take.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// TTL of cached model-name misses.
     pub fn model_negative_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.model_negative_cache_ttl_seconds)
@@ -317,6 +397,22 @@ mod tests {
         assert!(config.effective_database_url().starts_with("sqlite://data/"));
         assert!(config.should_migrate());
         assert_eq!(config.affinity_ttl(), Duration::from_secs(300));
+        assert_eq!(
+            config.http_listen.address().map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+    }
+
+    #[test]
+    fn the_rest_shim_can_be_moved_or_turned_off() {
+        assert_eq!(parse(&["--http-listen", "off"]).http_listen, HttpListen::Off);
+        assert_eq!(parse(&["--http-listen", " OFF "]).http_listen.address(), None);
+        let moved = parse(&["--http-listen", "0.0.0.0:9090"]);
+        assert_eq!(moved.http_listen.address().map(|a| a.port()), Some(9090));
+        assert!(
+            Config::try_parse_from(["aether-control", "--http-listen", "nowhere"]).is_err(),
+            "neither an address nor off"
+        );
     }
 
     #[test]
@@ -350,6 +446,10 @@ mod tests {
             (&["--store-timeout-ms", "0"], "AETHER_CONTROL_STORE_TIMEOUT_MS"),
             (&["--affinity-ttl-seconds", "0"], "AETHER_CONTROL_AFFINITY_TTL_SECONDS"),
             (&["--service-tokens", "gw:read:abc"], "AETHER_CONTROL_SERVICE_TOKENS"),
+            (
+                &["--listen", "127.0.0.1:7000", "--http-listen", "127.0.0.1:7000"],
+                "AETHER_CONTROL_HTTP_LISTEN",
+            ),
             (
                 &["--reconcile-interval-seconds", "0"],
                 "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS",

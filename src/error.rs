@@ -85,6 +85,12 @@ pub enum Error {
         /// Stable machine-readable reason.
         reason: &'static str,
     },
+    /// Too many calls in flight: shed at once rather than queued.
+    #[error("server is overloaded")]
+    Overloaded,
+    /// The call's deadline (the caller's or ours) passed.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// A destructive call ran but its audit row could not be written.
     #[error("{action} ran but its audit record could not be written")]
     AuditFailed {

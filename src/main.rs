@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use aether_control::config::Config;
+use aether_control::config::{Config, LogFormat};
 use aether_control::server;
 use tracing_subscriber::EnvFilter;
 
@@ -11,13 +11,17 @@ const EXIT_CONFIG: u8 = 78;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
     let config = Config::from_args();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+
     if let Err(error) = config.validate() {
         eprintln!("aether-control: configuration error: {error}");
         return ExitCode::from(EXIT_CONFIG);

@@ -16,18 +16,22 @@ use crate::auth::service_tokens::{self, ServiceTokens};
 use crate::auth::{Authenticator, Scopes};
 use crate::config::{Config, Environment};
 use crate::db::DbConnection;
+use crate::db::audit::SeaOrmAuditSink;
 use crate::db::auth::SeaOrmUserAccess;
 use crate::db::directory::SeaOrmDirectory;
 use crate::db::models::SeaOrmModelCatalog;
 use crate::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
+use crate::domain::audit::Auditor;
 use crate::domain::crypto::KeyCipher;
 use crate::domain::models::{ModelMappingSettings, ModelResolver};
 use crate::domain::users::UserEngine;
 use crate::grpc::affinity::AffinityGrpc;
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::envelope::{Envelope, EnvelopeLayer};
 use crate::grpc::model_mapping::ModelMappingGrpc;
 use crate::grpc::user::UserGrpc;
 use crate::health::{self, HealthPlan};
+use crate::metrics::ServiceMetrics;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::affinity_service_server::AffinityServiceServer;
 use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
@@ -194,6 +198,34 @@ fn authenticator(
     Ok(Authenticator::new(jwt, tokens, users, blacklist))
 }
 
+/// Largest request message accepted (requests are a few ids).
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest response message sent (a 1000-entry enriched page is ~1 MiB).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Counters kept outside the affinity statistics, exported with them.
+fn register_counters(metrics: &ServiceMetrics, users: &UserEngine, models: &ModelResolver, auditor: &Auditor) {
+    let users = users.clone();
+    metrics.register_counter(
+        "aether_control_user_cache_fallbacks_total",
+        "User look-ups answered from the database because the cache failed.",
+        Box::new(move || users.cache_fallbacks()),
+    );
+    let models = models.clone();
+    metrics.register_counter(
+        "aether_control_model_cache_fallbacks_total",
+        "Model look-ups answered from the database because the cache failed.",
+        Box::new(move || models.cache_fallbacks()),
+    );
+    let auditor = auditor.clone();
+    metrics.register_counter(
+        "aether_control_audit_write_failures_total",
+        "Destructive calls whose audit row could not be written.",
+        Box::new(move || auditor.failures()),
+    );
+}
+
 /// Background upkeep: counter flushes every second, reconciles on their
 /// interval. Ends with a last flush when `stop` turns true.
 async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: watch::Receiver<bool>) {
@@ -294,15 +326,39 @@ pub async fn serve(
         },
     );
     let authenticator = authenticator(&config, &stores.cache, &stores.database)?;
+    let auditor = Auditor::new(Arc::new(SeaOrmAuditSink::new(stores.database.connection().clone())));
+    let metrics = Arc::new(ServiceMetrics::default());
+    register_counters(&metrics, &users, &models, &auditor);
+    let envelope = EnvelopeLayer::new(Envelope {
+        metrics: metrics.clone(),
+        max_in_flight: config.max_in_flight,
+        default_timeout: config.request_timeout(),
+    });
 
     let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(envelope)
         .layer(AuthLayer::new(Arc::new(authenticator)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AffinityServiceServer::new(AffinityGrpc::new(engine, stop_rx)))
-        .add_service(UserServiceServer::new(UserGrpc::new(users)))
-        .add_service(ModelMappingServiceServer::new(ModelMappingGrpc::new(models)))
+        .add_service(
+            AffinityServiceServer::new(AffinityGrpc::new(engine, stop_rx, auditor.clone(), metrics))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            UserServiceServer::new(UserGrpc::new(users, auditor.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
+        .add_service(
+            ModelMappingServiceServer::new(ModelMappingGrpc::new(models, auditor))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
     let result = tokio::select! {

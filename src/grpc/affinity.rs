@@ -1,18 +1,25 @@
 //! AffinityService adapter.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{FutureExt, Stream};
 use tokio::sync::{broadcast, watch};
 use tonic::{Code, Request, Response, Status};
 
+use serde_json::json;
+
+use super::context::{audited, call_context, details};
 use super::convert;
 use crate::domain::affinity::engine::AffinityEngine;
 use crate::domain::affinity::events::{EventFilter, InvalidationReason};
 use crate::domain::affinity::stats::render_prometheus;
 use crate::domain::affinity::{AffinityKey, AffinityTarget, InvalidationGuard, parse_api_format};
+use crate::domain::audit::Auditor;
 use crate::domain::validate;
 use crate::error::Error;
+use crate::metrics::ServiceMetrics;
 use crate::proto::affinity_service_server::AffinityService;
 use crate::proto::*;
 
@@ -20,14 +27,29 @@ use crate::proto::*;
 pub struct AffinityGrpc {
     engine: AffinityEngine,
     draining: watch::Receiver<bool>,
+    auditor: Auditor,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl AffinityGrpc {
-    /// An adapter over `engine`; watch streams end when `draining` turns true.
-    pub fn new(engine: AffinityEngine, draining: watch::Receiver<bool>) -> Self {
-        Self { engine, draining }
+    /// An adapter over `engine`; watch streams end when `draining` turns
+    /// true; destructive calls are audited; `metrics` joins ExportMetrics.
+    pub fn new(
+        engine: AffinityEngine,
+        draining: watch::Receiver<bool>,
+        auditor: Auditor,
+        metrics: Arc<ServiceMetrics>,
+    ) -> Self {
+        Self {
+            engine,
+            draining,
+            auditor,
+            metrics,
+        }
     }
 }
+
+const SERVICE: &str = "/aether.control.v1.AffinityService/";
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchAffinityEventsResponse, Status>> + Send>>;
 
@@ -141,8 +163,28 @@ impl AffinityService for AffinityGrpc {
         &self,
         request: Request<ClearUserAffinitiesRequest>,
     ) -> Result<Response<ClearUserAffinitiesResponse>, Status> {
-        let r = request.into_inner();
-        let (deleted_count, user) = self.engine.clear_user(&r.user_identifier, r.dry_run).await?;
+        let context = call_context(&request, &format!("{SERVICE}ClearUserAffinities"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self.engine.clear_user(&r.user_identifier, r.dry_run).await;
+        // Aether names a clear by API key id differently from a user clear.
+        let by_key = matches!(&result, Ok((_, user)) if user.api_key.is_some());
+        let action = if by_key {
+            "cache_clear_api_key"
+        } else {
+            "cache_clear_user"
+        };
+        let (deleted_count, user) = audited(&self.auditor, &context, action, r.dry_run, started, result, |done| {
+            details([
+                ("user_identifier", json!(r.user_identifier)),
+                ("resolved_user_id", json!(done.map(|(_, u)| u.user.id.clone()))),
+                (
+                    "resolved_api_key_id",
+                    json!(done.and_then(|(_, u)| u.api_key.as_ref().map(|k| k.id.clone()))),
+                ),
+                ("cleared_count", json!(done.map(|(count, _)| count))),
+            ])
+        })
+        .await?;
         Ok(Response::new(ClearUserAffinitiesResponse {
             deleted_count: deleted_count as i64,
             user: Some(convert::resolved_user(&user)),
@@ -154,9 +196,29 @@ impl AffinityService for AffinityGrpc {
         &self,
         request: Request<DeleteAffinityRequest>,
     ) -> Result<Response<DeleteAffinityResponse>, Status> {
-        let r = request.into_inner();
-        let key = AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id)?;
-        let deleted = self.engine.delete_one(&key, &r.endpoint_id).await?;
+        let context = call_context(&request, &format!("{SERVICE}DeleteAffinity"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = match AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id) {
+            Ok(key) => self.engine.delete_one(&key, &r.endpoint_id).await,
+            Err(error) => Err(error),
+        };
+        let deleted = audited(
+            &self.auditor,
+            &context,
+            "cache_clear_single",
+            false,
+            started,
+            result,
+            |_| {
+                details([
+                    ("affinity_key", json!(r.affinity_key)),
+                    ("endpoint_id", json!(r.endpoint_id)),
+                    ("model_id", json!(r.global_model_id)),
+                    ("api_format", json!(r.api_format)),
+                ])
+            },
+        )
+        .await?;
         Ok(Response::new(DeleteAffinityResponse {
             affinity: Some((&deleted).into()),
         }))
@@ -166,8 +228,19 @@ impl AffinityService for AffinityGrpc {
         &self,
         request: Request<ClearAllAffinitiesRequest>,
     ) -> Result<Response<ClearAllAffinitiesResponse>, Status> {
-        let r = request.into_inner();
-        let deleted_count = self.engine.clear_all(r.confirm, r.dry_run).await?;
+        let context = call_context(&request, &format!("{SERVICE}ClearAllAffinities"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self.engine.clear_all(r.confirm, r.dry_run).await;
+        let deleted_count = audited(
+            &self.auditor,
+            &context,
+            "cache_clear_all",
+            r.dry_run,
+            started,
+            result,
+            |done| details([("cleared_count", json!(done))]),
+        )
+        .await?;
         Ok(Response::new(ClearAllAffinitiesResponse {
             deleted_count: deleted_count as i64,
             dry_run: r.dry_run,
@@ -178,8 +251,19 @@ impl AffinityService for AffinityGrpc {
         &self,
         request: Request<ClearProviderAffinitiesRequest>,
     ) -> Result<Response<ClearProviderAffinitiesResponse>, Status> {
-        let r = request.into_inner();
-        let deleted_count = self.engine.clear_provider(&r.provider_id, r.dry_run).await?;
+        let context = call_context(&request, &format!("{SERVICE}ClearProviderAffinities"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self.engine.clear_provider(&r.provider_id, r.dry_run).await;
+        let deleted_count = audited(
+            &self.auditor,
+            &context,
+            "cache_clear_provider",
+            r.dry_run,
+            started,
+            result,
+            |done| details([("provider_id", json!(r.provider_id)), ("cleared_count", json!(done))]),
+        )
+        .await?;
         Ok(Response::new(ClearProviderAffinitiesResponse {
             deleted_count: deleted_count as i64,
             dry_run: r.dry_run,
@@ -207,7 +291,7 @@ impl AffinityService for AffinityGrpc {
         let stats = self.engine.stats().await?;
         Ok(Response::new(ExportMetricsResponse {
             content_type: "text/plain; version=0.0.4; charset=utf-8".into(),
-            text: render_prometheus(&stats),
+            text: render_prometheus(&stats) + &self.metrics.render(),
         }))
     }
 

@@ -3,7 +3,9 @@
 
 pub mod affinity;
 pub mod auth;
+pub mod context;
 pub mod convert;
+pub mod envelope;
 pub mod model_mapping;
 pub mod status;
 pub mod user;

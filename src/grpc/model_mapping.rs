@@ -1,6 +1,12 @@
 //! ModelMappingService adapter.
 
+use std::time::Instant;
+
+use serde_json::json;
 use tonic::{Request, Response, Status};
+
+use super::context::{audited, call_context, details};
+use crate::domain::audit::Auditor;
 
 use super::convert::models as convert;
 use crate::domain::models::ModelResolver;
@@ -10,12 +16,15 @@ use crate::proto::*;
 /// gRPC face of model resolution and the model-mapping cache.
 pub struct ModelMappingGrpc {
     resolver: ModelResolver,
+    auditor: Auditor,
 }
 
+const SERVICE: &str = "/aether.control.v1.ModelMappingService/";
+
 impl ModelMappingGrpc {
-    /// An adapter over `resolver`.
-    pub fn new(resolver: ModelResolver) -> Self {
-        Self { resolver }
+    /// An adapter over `resolver`; cache clears are audited.
+    pub fn new(resolver: ModelResolver, auditor: Auditor) -> Self {
+        Self { resolver, auditor }
     }
 
     /// The use cases behind it.
@@ -58,8 +67,14 @@ impl ModelMappingService for ModelMappingGrpc {
         &self,
         request: Request<ClearModelMappingCacheRequest>,
     ) -> Result<Response<ClearModelMappingCacheResponse>, Status> {
-        let dry_run = request.into_inner().dry_run;
-        let deleted = self.resolver.clear_all(dry_run).await?;
+        let context = call_context(&request, &format!("{SERVICE}ClearModelMappingCache"));
+        let (dry_run, started) = (request.into_inner().dry_run, Instant::now());
+        let result = self.resolver.clear_all(dry_run).await;
+        let action = "model_mapping_cache_clear_all";
+        let deleted = audited(&self.auditor, &context, action, dry_run, started, result, |done| {
+            details([("deleted_count", json!(done))])
+        })
+        .await?;
         Ok(Response::new(ClearModelMappingCacheResponse {
             deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
             dry_run,
@@ -70,8 +85,17 @@ impl ModelMappingService for ModelMappingGrpc {
         &self,
         request: Request<ClearModelMappingCacheByNameRequest>,
     ) -> Result<Response<ClearModelMappingCacheByNameResponse>, Status> {
-        let r = request.into_inner();
-        let cleared = self.resolver.clear_name(&r.model_name, r.dry_run).await?;
+        let context = call_context(&request, &format!("{SERVICE}ClearModelMappingCacheByName"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self.resolver.clear_name(&r.model_name, r.dry_run).await;
+        let action = "model_mapping_cache_clear_by_name";
+        let cleared = audited(&self.auditor, &context, action, r.dry_run, started, result, |done| {
+            details([
+                ("model_name", json!(r.model_name)),
+                ("deleted_keys", json!(done.map(|c| &c.keys))),
+            ])
+        })
+        .await?;
         Ok(Response::new(ClearModelMappingCacheByNameResponse {
             deleted_count: i64::try_from(cleared.count).unwrap_or(i64::MAX),
             deleted_keys: cleared.keys,
@@ -83,11 +107,21 @@ impl ModelMappingService for ModelMappingGrpc {
         &self,
         request: Request<ClearProviderModelMappingCacheRequest>,
     ) -> Result<Response<ClearProviderModelMappingCacheResponse>, Status> {
-        let r = request.into_inner();
-        let cleared = self
+        let context = call_context(&request, &format!("{SERVICE}ClearProviderModelMappingCache"));
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self
             .resolver
             .clear_provider_model(&r.provider_id, &r.global_model_id, r.dry_run)
-            .await?;
+            .await;
+        let action = "provider_model_mapping_cache_clear";
+        let cleared = audited(&self.auditor, &context, action, r.dry_run, started, result, |done| {
+            details([
+                ("provider_id", json!(r.provider_id)),
+                ("global_model_id", json!(r.global_model_id)),
+                ("deleted_keys", json!(done.map(|c| &c.keys))),
+            ])
+        })
+        .await?;
         Ok(Response::new(ClearProviderModelMappingCacheResponse {
             deleted_count: i64::try_from(cleared.count).unwrap_or(i64::MAX),
             deleted_keys: cleared.keys,

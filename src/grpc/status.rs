@@ -50,6 +50,19 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::Overloaded => {
+                let mut details = ErrorDetails::with_retry_info(Some(RETRY_DELAY));
+                details.set_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "too many calls in flight; retry later",
+                    details,
+                )
+            }
+            Error::DeadlineExceeded => {
+                let details = ErrorDetails::with_error_info("DEADLINE_EXCEEDED", ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::DeadlineExceeded, "the call's deadline passed", details)
+            }
             Error::AuditFailed { action } => {
                 let details = ErrorDetails::with_error_info(
                     "AUDIT_WRITE_FAILED",

@@ -2,10 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Instant;
+
 use chrono::{DateTime, FixedOffset};
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
+use super::context::{audited, call_context, details};
+use crate::domain::audit::Auditor;
 use crate::domain::directory::{UserKey, UserMatch, UserRole};
 use crate::domain::users::python_json::OrderedJson;
 use crate::domain::users::{self, UserEngine};
@@ -17,12 +22,13 @@ use crate::proto::*;
 /// gRPC face of the user look-ups.
 pub struct UserGrpc {
     engine: UserEngine,
+    auditor: Auditor,
 }
 
 impl UserGrpc {
-    /// An adapter over `engine`.
-    pub fn new(engine: UserEngine) -> Self {
-        Self { engine }
+    /// An adapter over `engine`; cache invalidations are audited.
+    pub fn new(engine: UserEngine, auditor: Auditor) -> Self {
+        Self { engine, auditor }
     }
 }
 
@@ -121,8 +127,25 @@ impl UserService for UserGrpc {
         &self,
         request: Request<InvalidateUserCacheRequest>,
     ) -> Result<Response<InvalidateUserCacheResponse>, Status> {
-        let r = request.into_inner();
-        let deleted = self.engine.invalidate(&r.user_id, r.email.as_deref()).await?;
+        let context = call_context(&request, "/aether.control.v1.UserService/InvalidateUserCache");
+        let (r, started) = (request.into_inner(), Instant::now());
+        let result = self.engine.invalidate(&r.user_id, r.email.as_deref()).await;
+        let deleted = audited(
+            &self.auditor,
+            &context,
+            "user_cache_invalidate",
+            false,
+            started,
+            result,
+            |done| {
+                details([
+                    ("user_id", json!(r.user_id)),
+                    ("with_email", json!(r.email.is_some())),
+                    ("deleted_keys", json!(done)),
+                ])
+            },
+        )
+        .await?;
         Ok(Response::new(InvalidateUserCacheResponse {
             deleted_keys: i32::try_from(deleted).unwrap_or(i32::MAX),
         }))
