@@ -25,6 +25,7 @@ use aether_control::db::DbConnection;
 use aether_control::db::directory::SeaOrmDirectory;
 use aether_control::db::entities::{api_keys, global_models, provider_api_keys, provider_endpoints, providers, users};
 use aether_control::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
+use aether_control::domain::affinity::listing;
 use aether_control::domain::affinity::{AffinityKey, AffinityRecord, AffinityTarget, IndexRef, SetOutcome, now_epoch};
 use aether_control::domain::crypto::KeyCipher;
 use aether_control::domain::directory::Directory;
@@ -412,21 +413,33 @@ fn ensure(condition: bool, what: impl FnOnce() -> String) -> BenchResult<()> {
     if condition { Ok(()) } else { Err(what().into()) }
 }
 
-/// Slow commands and latency events Redis recorded in one phase.
+/// Slow commands and latency events Redis recorded in one phase, and what
+/// Redis spent its time on (INFO commandstats, before/after).
 #[derive(Clone, Debug, Default)]
 struct Stalls {
     ours: usize,
     others: usize,
-    slowest: Option<(u64, String)>,
+    /// Our slow commands by name: count, slowest (µs), most arguments seen.
+    slow_commands: BTreeMap<String, (usize, u64, usize)>,
     latency: Vec<(String, i64, i64)>,
+    /// Commands by total time in the phase: name, calls, µs.
+    busiest: Vec<(String, u64, u64)>,
 }
 
 impl Stalls {
-    fn slowest_text(&self) -> String {
-        self.slowest.as_ref().map_or_else(
-            || "none".to_owned(),
-            |(micros, command)| format!("{micros} us `{command}`"),
-        )
+    fn slow_text(&self) -> String {
+        if self.slow_commands.is_empty() {
+            return "none".to_owned();
+        }
+        let mut commands: Vec<_> = self.slow_commands.iter().collect();
+        commands.sort_by_key(|(_, (_, slowest, _))| std::cmp::Reverse(*slowest));
+        commands
+            .iter()
+            .map(|(name, (count, slowest, args))| {
+                format!("{name} ×{count}, max {:.1} ms ({args} args)", *slowest as f64 / 1e3)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn latency_text(&self) -> String {
@@ -439,6 +452,30 @@ impl Stalls {
             .collect::<Vec<_>>()
             .join("; ")
     }
+
+    fn busiest_text(&self) -> String {
+        self.busiest
+            .iter()
+            .take(4)
+            .map(|(name, calls, micros)| format!("{name} {calls}×{:.0} µs", *micros as f64 / (*calls).max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `INFO commandstats` as command -> (calls, µs).
+fn parse_commandstats(info: &str) -> BTreeMap<String, (u64, u64)> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+            };
+            Some((name.to_uppercase(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
 }
 
 /// SLOWLOG and LATENCY on a plain client; the thresholds it changes are put
@@ -448,6 +485,7 @@ struct RedisWatch {
     /// Keys of this run start with this; other slow commands are someone else's.
     prefix: String,
     saved: Mutex<Vec<(String, String)>>,
+    commandstats: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl RedisWatch {
@@ -489,9 +527,18 @@ impl RedisWatch {
         Ok(())
     }
 
+    async fn commandstats(&self) -> BenchResult<BTreeMap<String, (u64, u64)>> {
+        let info: String = self.client.custom(cmd!("INFO"), vec!["commandstats"]).await?;
+        Ok(parse_commandstats(&info))
+    }
+
+    /// Starts a phase: empties SLOWLOG and LATENCY, notes the command counters
+    /// (read, never reset: they are the server's).
     async fn reset(&self) -> BenchResult<()> {
         let _: Value = self.client.custom(cmd!("SLOWLOG"), vec!["RESET"]).await?;
         let _: Value = self.client.custom(cmd!("LATENCY"), vec!["RESET"]).await?;
+        let stats = self.commandstats().await?;
+        *self.commandstats.lock().map_err(|_| "poisoned")? = stats;
         Ok(())
     }
 
@@ -515,14 +562,21 @@ impl RedisWatch {
                 continue;
             }
             stalls.ours += 1;
-            if stalls.slowest.as_ref().is_none_or(|(slowest, _)| micros > *slowest) {
-                let mut command = args.iter().take(3).cloned().collect::<Vec<_>>().join(" ");
-                if command.len() > 90 {
-                    command.truncate(command.floor_char_boundary(87));
-                    command.push_str("...");
-                }
-                stalls.slowest = Some((micros, command));
-            }
+            // Redis keeps 32 arguments and says how many more there were.
+            let more = args
+                .last()
+                .and_then(|last| {
+                    last.strip_prefix("... (")?
+                        .strip_suffix(" more arguments)")?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .map_or(0, |more| more - 1);
+            let name = args.first().map_or_else(|| "?".to_owned(), |a| a.to_uppercase());
+            let slot = stalls.slow_commands.entry(name).or_default();
+            slot.0 += 1;
+            slot.1 = slot.1.max(micros);
+            slot.2 = slot.2.max(args.len() + more);
         }
         let latest: Value = self.client.custom(cmd!("LATENCY"), vec!["LATEST"]).await?;
         for event in latest.into_array() {
@@ -531,6 +585,19 @@ impl RedisWatch {
             let at = |i: usize| fields.get(i).and_then(Value::as_i64).unwrap_or(0);
             stalls.latency.push((name, at(2), at(3)));
         }
+        let before = self.commandstats.lock().map_err(|_| "poisoned")?.clone();
+        let after = self.commandstats().await?;
+        stalls.busiest = after
+            .into_iter()
+            .filter_map(|(name, (calls, micros))| {
+                let (calls_before, micros_before) = before.get(&name).copied().unwrap_or_default();
+                let calls = calls.saturating_sub(calls_before);
+                // Our own bookkeeping commands are not the phase's work.
+                (calls > 0 && !name.starts_with("SLOWLOG") && !name.starts_with("LATENCY") && name != "INFO")
+                    .then(|| (name, calls, micros.saturating_sub(micros_before)))
+            })
+            .collect();
+        stalls.busiest.sort_by_key(|(_, _, micros)| std::cmp::Reverse(*micros));
         Ok(stalls)
     }
 }
@@ -542,6 +609,7 @@ struct SizeReport {
     api_keys: usize,
     provider_entries: u64,
     setup: Vec<(&'static str, Duration, String)>,
+    load_average: (String, String),
     calls: Vec<(&'static str, Stat)>,
     stalls: Vec<(&'static str, Stalls)>,
 }
@@ -564,6 +632,10 @@ const CLEAR_USER_DRY: &str = "ClearUserAffinities dry_run";
 const CLEAR_USER: &str = "ClearUserAffinities (real, 40 entries)";
 const DIR_KEYS_OF_USER: &str = "  part: directory api_keys_of_user (SQLite)";
 const STORE_USER_INDEXES: &str = "  part: store list_indexed, 2 key indexes (Redis)";
+const RESOLVE_USER: &str = "  part: resolve_user (SQLite, 4 queries)";
+const ENRICH_USER: &str = "  part: enrich 40 entries (SQLite, 6 queries + decrypt/mask)";
+const LIST_USER_INDEXED: &str = "ListUserAffinities, with an index on api_keys.user_id (experiment)";
+const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, with that index (experiment)";
 const CLEAR_PROVIDER_DRY: &str = "ClearProviderAffinities dry_run (N/10 entries)";
 const CLEAR_ALL: &str = "ClearAllAffinities (confirm), end to end";
 
@@ -579,6 +651,10 @@ const FLAT_CALLS: &[&str] = &[
     CLEAR_USER,
     DIR_KEYS_OF_USER,
     STORE_USER_INDEXES,
+    RESOLVE_USER,
+    ENRICH_USER,
+    LIST_USER_INDEXED,
+    DIR_KEYS_OF_USER_INDEXED,
 ];
 
 async fn phase<T>(
@@ -620,6 +696,7 @@ async fn measure_size(
     namespace: &str,
 ) -> BenchResult<SizeReport> {
     eprintln!("== N = {n} (namespace {namespace})");
+    let load_before = load_average();
     let world = World::new(n);
     let mut setup = Vec::new();
     let mut stalls = Vec::new();
@@ -629,7 +706,7 @@ async fn measure_size(
     let dir = tempfile::tempdir()?;
     let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
     let database = DbConnection::open(&db_url, STORE_TIMEOUT, true).await?;
-    let cipher = KeyCipher::from_secret(None, false)?;
+    let cipher = Arc::new(KeyCipher::from_secret(None, false)?);
     let started = Instant::now();
     seed_database(database.connection(), &world, &cipher).await?;
     setup.push((
@@ -650,7 +727,7 @@ async fn measure_size(
             counters: Arc::new(RedisCounterStore::new(redis.clone())),
             events: Arc::new(RedisEventBus::start(redis.clone())?),
             directory: directory.clone(),
-            cipher: Arc::new(cipher),
+            cipher: cipher.clone(),
         },
         AffinitySettings {
             default_ttl: DEFAULT_TTL,
@@ -866,6 +943,45 @@ async fn measure_size(
     })
     .await?;
     calls.push((STORE_USER_INDEXES, stat));
+
+    let stat = measure(RESOLVE_USER, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let resolved = listing::resolve_user(directory.as_ref(), &world.users[u].1).await?;
+            let elapsed = started.elapsed();
+            ensure(resolved.user.id == world.users[u].0, || {
+                format!("user {u} resolved to another")
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((RESOLVE_USER, stat));
+
+    let cipher = &cipher;
+    let stat = measure(ENRICH_USER, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let indexes: Vec<IndexRef> = world.api_keys[u * KEYS_PER_USER..]
+                .iter()
+                .take(KEYS_PER_USER)
+                .map(|k| IndexRef::AffinityKey(k.clone()))
+                .collect();
+            let affinities = store.list_indexed(&indexes, now_epoch()).await?;
+            let count = affinities.len();
+            let started = Instant::now();
+            let details = listing::enrich(directory.as_ref(), cipher, affinities).await?;
+            let elapsed = started.elapsed();
+            ensure(
+                details.len() == count && details.iter().all(|d| d.username.is_some()),
+                || format!("user {u}: enrichment incomplete"),
+            )?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((ENRICH_USER, stat));
     stalls.push(("per-call measurements above", watch.report().await?));
 
     let provider = 0;
@@ -913,6 +1029,42 @@ async fn measure_size(
     .await?;
     calls.push((CLEAR_USER, stat));
 
+    // What an index on api_keys.user_id would give (the schema has none;
+    // see docs/BENCHMARKS.md). Measured last so nothing above sees it.
+    database
+        .connection()
+        .execute_unprepared("CREATE INDEX ix_bench_api_keys_user_id ON api_keys (user_id)")
+        .await?;
+    let stat = measure(LIST_USER_INDEXED, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let found = engine.list_user(&world.users[u].1).await?;
+            let elapsed = started.elapsed();
+            ensure(found.details.len() == world.user_entries(u).len(), || {
+                format!("user {u}: {} affinities", found.details.len())
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((LIST_USER_INDEXED, stat));
+    let stat = measure(DIR_KEYS_OF_USER_INDEXED, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let started = Instant::now();
+            let keys = directory.api_keys_of_user(&world.users[u].0).await?;
+            let elapsed = started.elapsed();
+            ensure(
+                keys.len() == KEYS_PER_USER.min(world.api_keys.len() - u * KEYS_PER_USER),
+                || format!("user {u}: {} keys", keys.len()),
+            )?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((DIR_KEYS_OF_USER_INDEXED, stat));
+
     let live = engine.stats().await?.active_affinities;
     ensure(live == n as u64, || {
         format!("{live} live before clear-all, expected {n}")
@@ -935,9 +1087,18 @@ async fn measure_size(
         api_keys: world.api_keys.len(),
         provider_entries,
         setup,
+        load_average: (load_before, load_average()),
         calls,
         stalls,
     })
+}
+
+/// The 1/5/15-minute load averages, for the record (the machine is shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn seconds(duration: Duration) -> String {
@@ -964,6 +1125,10 @@ fn print_size(report: &SizeReport) {
         PROVIDERS * FORMATS.len() * KEYS_PER_ENDPOINT,
         MODELS.len()
     );
+    println!(
+        "Load average (1/5/15 min) at start: {}; at end: {}.\n",
+        report.load_average.0, report.load_average.1
+    );
     println!("| Setup step | Time | Note |\n|---|---:|---|");
     for (step, elapsed, note) in &report.setup {
         println!("| {step} | {} | {note} |", seconds(*elapsed));
@@ -978,15 +1143,16 @@ fn print_size(report: &SizeReport) {
         );
     }
     println!(
-        "\n| Phase | SLOWLOG ≥10 ms (this run) | (others) | Slowest of this run | LATENCY LATEST (≥10 ms) |\n|---|---:|---:|---|---|"
+        "\n| Phase | SLOWLOG ≥10 ms (ours / others) | Our slow commands | LATENCY LATEST (≥10 ms) | Busiest commands (calls × mean) |\n|---|---:|---|---|---|"
     );
     for (phase, stalls) in &report.stalls {
         println!(
-            "| {phase} | {} | {} | {} | {} |",
+            "| {phase} | {} / {} | {} | {} | {} |",
             stalls.ours,
             stalls.others,
-            stalls.slowest_text(),
-            stalls.latency_text()
+            stalls.slow_text(),
+            stalls.latency_text(),
+            stalls.busiest_text()
         );
     }
     println!();
@@ -1154,6 +1320,7 @@ async fn main() -> ExitCode {
         client: admin.clone(),
         prefix: run_prefix.clone(),
         saved: Mutex::new(Vec::new()),
+        commandstats: Mutex::new(BTreeMap::new()),
     };
     let outcome = tokio::select! {
         outcome = run(&sizes, &url, &admin, &watch, &run_prefix) => outcome,

@@ -22,8 +22,9 @@ unset $(env | grep -o '^AETHER_CONTROL_[A-Z_]*' | grep -v '^AETHER_CONTROL_TEST_
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
-say "buf lint (proto contract, STANDARD rules)"
+say "buf lint (proto contract, STANDARD rules) and buf breaking (against the released contract)"
 scripts/buf.sh lint
+scripts/buf.sh breaking --against api/aether-control-v1.binpb
 
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod server;

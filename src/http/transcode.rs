@@ -265,10 +265,10 @@ fn render(binding: &Binding, encoded: &[u8]) -> Result<Rendered, Status> {
     };
     let mut parent = message;
     for field in parents {
-        parent = match parent.get_field(field).as_message() {
-            Some(inner) => inner.clone(),
-            None => DynamicMessage::new(output.clone()),
+        let Some(inner) = parent.get_field(field).as_message().cloned() else {
+            return Err(Status::internal("bad response_body"));
         };
+        parent = inner;
     }
     // A string or bytes field goes out as is (like google.api.HttpBody), typed
     // by a sibling `content_type` field when there is one.

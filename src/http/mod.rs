@@ -1,0 +1,243 @@
+//! The REST/JSON shim (grpc-gateway style), beside the gRPC port.
+//!
+//! Routes come from the `google.api.http` options in the embedded descriptor
+//! set, not from per-route handlers. A request is transcoded into a real gRPC
+//! request (protobuf body, gRPC framing, `authorization`, `x-request-id` and
+//! `user-agent` as metadata) and sent in-process through the same tower stack
+//! the gRPC server runs, auth included; the reply (or status) is transcoded
+//! back:
+//! - JSON in the proto3 mapping with proto field names (lowerCamelCase is
+//!   accepted on input), defaults included, 64-bit integers as strings, enums
+//!   by name, Timestamps in RFC 3339.
+//! - Errors as grpc-gateway: HTTP status from the gRPC code, body
+//!   `{code, message, details}` with the google.rpc details and their `@type`.
+//! - A string `response_body` (ExportMetrics' `text`) is sent as is, with the
+//!   reply's `content_type` field as Content-Type.
+//! - Server streams are newline-delimited `{"result": ...}` objects.
+//! - Query aliases (see [`rules::QUERY_ALIASES`]): `limit` for `page_size`
+//!   on `GET /api/admin/monitoring/cache/affinities`, as in Aether.
+//!
+//! Also `/healthz` (the process is up), `/readyz` (200 when the gRPC health
+//! of the whole server is SERVING, else 503) and `/openapi.json` (generated
+//! from the same bindings and descriptors).
+
+pub mod error;
+pub mod grpc;
+pub mod openapi;
+pub mod rules;
+pub mod template;
+pub mod transcode;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, SerializeOptions};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+pub use grpc::{GrpcService, boxed};
+use rules::{Binding, BodyRule};
+
+/// Largest request body read.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The service descriptors (with their `google.api.http` options) and the
+/// google.rpc error details.
+pub fn descriptor_pool() -> Result<DescriptorPool, String> {
+    let mut pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).map_err(|e| format!("descriptor set: {e}"))?;
+    pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("google.rpc descriptors: {e}"))?;
+    Ok(pool)
+}
+
+/// The proto3 JSON mapping as we write it: proto field names, defaults too.
+pub(crate) fn json_options() -> SerializeOptions {
+    SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false)
+}
+
+struct Shim {
+    grpc: GrpcService,
+    pool: DescriptorPool,
+    bindings: Vec<Binding>,
+    openapi: Bytes,
+}
+
+/// The REST router over `grpc` (the gRPC stack: layers and services). Fails
+/// only on a bad annotation, which is a build problem.
+pub fn router(grpc: GrpcService) -> Result<Router, String> {
+    let pool = descriptor_pool()?;
+    let bindings = rules::bindings(&pool)?;
+    let openapi = openapi::document(&bindings, &pool).to_string();
+    let shim = Arc::new(Shim {
+        grpc,
+        pool,
+        bindings,
+        openapi: Bytes::from(openapi),
+    });
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(transcode)
+        .with_state(shim))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets the
+/// requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> Response {
+    error::json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+async fn readyz(State(shim): State<Arc<Shim>>) -> Response {
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+    let request = HealthCheckRequest { service: String::new() };
+    let reply = match grpc::call(
+        &shim.grpc,
+        "/grpc.health.v1.Health/Check",
+        &request.encode_to_vec(),
+        &HeaderMap::new(),
+    )
+    .await
+    {
+        Ok(replies) => replies.single().await,
+        Err(status) => Err(status),
+    };
+    let status = match reply.map(|bytes| HealthCheckResponse::decode(bytes).map(|r| r.status)) {
+        Ok(Ok(status)) => ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown),
+        _ => ServingStatus::Unknown,
+    };
+    let http = if status == ServingStatus::Serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    error::json_response(http, &json!({"status": status.as_str_name()}))
+}
+
+async fn openapi_json(State(shim): State<Arc<Shim>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], shim.openapi.clone()).into_response()
+}
+
+impl Shim {
+    /// The most specific binding of `method` matching `path`, with the path
+    /// values; else 404, or 405 when only other methods match.
+    fn route(&self, method: &Method, path: &str) -> Result<(&Binding, Vec<(String, String)>), Response> {
+        let mut best: Option<(&Binding, Vec<(String, String)>)> = None;
+        let mut allowed: Vec<&str> = Vec::new();
+        for binding in &self.bindings {
+            let Some(values) = binding.template.matches(path) else {
+                continue;
+            };
+            if binding.http_method != *method {
+                if !allowed.contains(&binding.http_method.as_str()) {
+                    allowed.push(binding.http_method.as_str());
+                }
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(current, _)| binding.template.specificity() > current.template.specificity())
+            {
+                best = Some((binding, values));
+            }
+        }
+        best.ok_or_else(|| {
+            if allowed.is_empty() {
+                error::plain_error(StatusCode::NOT_FOUND, Code::NotFound, "Not Found")
+            } else {
+                let mut response =
+                    error::plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "Method Not Allowed");
+                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
+        })
+    }
+}
+
+async fn transcode(State(shim): State<Arc<Shim>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (binding, path_values) = match shim.route(&parts.method, parts.uri.path()) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let body = if binding.body == BodyRule::None {
+        Bytes::new()
+    } else {
+        match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return error::plain_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Code::InvalidArgument,
+                    "the request body cannot be read or exceeds 4 MiB",
+                );
+            }
+        }
+    };
+    let result = async {
+        let message = transcode::request_message(binding, &path_values, parts.uri.query(), &body)?;
+        let replies = grpc::call(&shim.grpc, &binding.grpc_path, &message.encode_to_vec(), &parts.headers).await?;
+        if binding.method.is_server_streaming() {
+            return Ok(transcode::stream_response(binding.clone(), replies, shim.pool.clone()));
+        }
+        transcode::unary_response(binding, &replies.single().await?)
+    }
+    .await;
+    result.unwrap_or_else(|status| error::status_response(&status, &shim.pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_descriptors_build_a_router() {
+        let pool = descriptor_pool().expect("pool");
+        assert!(pool.get_message_by_name("google.rpc.BadRequest").is_some());
+        assert!(pool.get_message_by_name("aether.control.v1.Affinity").is_some());
+        let shim = Shim {
+            grpc: boxed(tower::service_fn(|_: axum::http::Request<tonic::body::Body>| async {
+                Ok::<_, std::convert::Infallible>(axum::http::Response::new(tonic::body::Body::empty()))
+            })),
+            bindings: rules::bindings(&pool).unwrap(),
+            pool,
+            openapi: Bytes::new(),
+        };
+        let (binding, values) = shim.route(&Method::GET, "/v1/users:lookup").ok().unwrap();
+        assert_eq!(binding.operation_id, "UserService_GetUser2");
+        assert!(values.is_empty());
+        let (binding, _) = shim.route(&Method::GET, "/v1/users/u-1").ok().unwrap();
+        assert_eq!(binding.operation_id, "UserService_GetUser");
+        let (binding, _) = shim
+            .route(&Method::DELETE, "/api/admin/monitoring/cache/model-mapping/provider/p/g")
+            .ok()
+            .unwrap();
+        assert_eq!(binding.operation_id, "ModelMappingService_ClearProviderModelMappingCache");
+        let wrong = shim.route(&Method::POST, "/api/admin/monitoring/cache").err().unwrap();
+        assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(wrong.headers()[header::ALLOW], "DELETE");
+        let missing = shim.route(&Method::GET, "/nope").err().unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+}
