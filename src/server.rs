@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::auth::jwt::JwtVerifier;
@@ -69,6 +70,9 @@ pub enum StartError {
     /// The transport failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The REST/JSON shim cannot listen or start.
+    #[error("http: {0}")]
+    Http(String),
 }
 
 /// The opened stores.
@@ -253,13 +257,56 @@ async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: wat
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting,
-/// reports NOT_SERVING and waits up to the grace period for calls in flight.
+/// The REST/JSON shim's listener: `given` (pre-bound, e.g. on port 0 in
+/// tests) or the configured address; None when the shim is off.
+async fn http_listener(config: &Config, given: Option<TcpListener>) -> Result<Option<TcpListener>, StartError> {
+    let Some(address) = config.http_listen.address() else {
+        return Ok(None);
+    };
+    match given {
+        Some(listener) => Ok(Some(listener)),
+        None => TcpListener::bind(address)
+            .await
+            .map(Some)
+            .map_err(|e| StartError::Http(format!("cannot listen on {address}: {e}"))),
+    }
+}
+
+/// Serves the REST/JSON shim over `grpc` (the same stack as the gRPC port)
+/// until the drain starts, then lets requests in flight finish.
+fn serve_http(
+    listener: Option<TcpListener>,
+    grpc: crate::http::GrpcService,
+    mut drain: watch::Receiver<bool>,
+) -> Result<futures::future::BoxFuture<'static, Result<(), StartError>>, StartError> {
+    let Some(listener) = listener else {
+        return Ok(futures::future::ready(Ok(())).boxed());
+    };
+    let router = crate::http::router(grpc).map_err(StartError::Http)?;
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(http = %address, "serving the REST/JSON shim (/openapi.json, /healthz, /readyz)");
+    let stopped = async move {
+        let _ = drain.wait_for(|draining| *draining).await;
+    };
+    Ok(async move {
+        crate::http::serve(listener, router, stopped)
+            .await
+            .map_err(|e| StartError::Http(e.to_string()))
+    }
+    .boxed())
+}
+
+/// Serves gRPC on `listener` and the REST/JSON shim on `http` (or on the
+/// configured `--http-listen`; not at all when it is `off`) until `shutdown`
+/// resolves, then stops accepting, reports NOT_SERVING and waits up to the
+/// grace period for calls in flight.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let http = http_listener(&config, http).await?;
     let stores = open_stores(&config).await?;
     let engine = AffinityEngine::new(
         stores.affinity,
@@ -335,13 +382,12 @@ pub async fn serve(
         default_timeout: config.request_timeout(),
     });
 
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
+    // One stack for the gRPC port and the REST shim: tower layers go here,
+    // not on the Server builder, so that both get them.
+    let layers = tower::ServiceBuilder::new()
         .layer(envelope)
-        .layer(AuthLayer::new(Arc::new(authenticator)))
-        .add_service(health_service)
+        .layer(AuthLayer::new(Arc::new(authenticator)));
+    let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -358,11 +404,27 @@ pub async fn serve(
             ModelMappingServiceServer::new(ModelMappingGrpc::new(models, auditor))
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_RESPONSE_BYTES),
-        )
+        );
+    let http_server = serve_http(
+        http,
+        crate::http::boxed(layers.clone().service(routes.clone())),
+        drain_rx.clone(),
+    )?;
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(layers)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let servers = async {
+        let (grpc, http) = tokio::join!(server, http_server);
+        grpc.map_err(StartError::from)?;
+        http
+    };
 
     let result = tokio::select! {
-        result = server => result.map_err(StartError::from),
+        result = servers => result,
         () = grace_expired(drain_rx, grace) => {
             tracing::warn!(grace_seconds = grace.as_secs(), "drain grace period expired; closing remaining calls");
             Ok(())

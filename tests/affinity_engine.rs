@@ -470,3 +470,32 @@ async fn redis_and_postgres_serve_every_affinity_call() {
     common::redis::cleanup(&common::redis::client().await, &namespace).await;
     database.drop().await;
 }
+
+#[tokio::test]
+async fn redis_cluster_serves_every_affinity_call() {
+    // Every script touches one key and every multi-key command is grouped
+    // by hash slot, so the same suite runs unchanged on three masters.
+    let cluster = common::cluster::RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let server = TestServer::start(&["--database-url", &url, "--redis-url", &cluster.url()]).await;
+    fixtures::seed(&url).await;
+    full_suite(server.channel().await).await;
+    let mut client = AffinityServiceClient::new(server.channel().await);
+    let before = list(&mut client, "", 0, "").await.total_size;
+    for i in 0..60 {
+        pin(
+            &mut client,
+            &format!("ak-spread-{i}"),
+            "CLAUDE",
+            ALPHA,
+            ALPHA_ENDPOINT,
+            ALPHA_KEY,
+        )
+        .await;
+    }
+    let spread = cluster.keys_per_node();
+    assert!(spread.iter().all(|keys| *keys > 0), "keys on every master: {spread:?}");
+    assert_eq!(list(&mut client, "", 0, "").await.total_size, before + 60);
+    server.stop().await;
+}

@@ -48,10 +48,10 @@ use fred::interfaces::{KeysInterface, SetsInterface};
 use fred::types::Expiration;
 use fred::types::scan::Scanner;
 use futures::{StreamExt, TryStreamExt};
-use prost::Message;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
+use prost::Message;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
@@ -75,8 +75,8 @@ fn config(cases: u32) -> ProptestConfig {
 /// length limit.
 fn tricky_ids() -> Vec<String> {
     let mut ids: Vec<String> = [
-        "a", "a*", "a?", "[a]", "a\\", "ab", "a-long", "*", "?", "[", "]", "\\", "a[bc]", "a[^b]", "[a-z]", "a\\*", "ab*",
-        "é", "é*", "a.b", "a%", "a^", "a]",
+        "a", "a*", "a?", "[a]", "a\\", "ab", "a-long", "*", "?", "[", "]", "\\", "a[bc]", "a[^b]", "[a-z]", "a\\*",
+        "ab*", "é", "é*", "a.b", "a%", "a^", "a]",
     ]
     .into_iter()
     .map(String::from)
@@ -105,11 +105,7 @@ fn any_text() -> impl Strategy<Value = String> {
 /// A key part the documented rules accept: 1..=255 bytes without ':',
 /// whitespace or control characters (glob characters included).
 fn valid_key_part() -> impl Strategy<Value = String> {
-    prop_oneof![
-        select(tricky_ids()),
-        r"[^:\s\p{Cc}]{1,40}",
-        r"[a*?\[\]\\^-]{1,12}",
-    ]
+    prop_oneof![select(tricky_ids()), r"[^:\s\p{Cc}]{1,40}", r"[a*?\[\]\\^-]{1,12}",]
 }
 
 /// The documented rules of [`validate::key_part`].
@@ -120,7 +116,7 @@ fn key_part_rules(value: &str) -> bool {
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn store<T>(result: Result<T, StoreError>) -> Result<T, TestCaseError> {
+fn store_ok<T>(result: Result<T, StoreError>) -> Result<T, TestCaseError> {
     result.map_err(|e| TestCaseError::fail(format!("store error: {e}")))
 }
 
@@ -207,12 +203,17 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
 /// Parses a key as the handlers do; an accepted key keeps its parts and
 /// survives member / Redis key round trips.
 fn check_key(affinity_key: &str, api_format: &str, global_model_id: &str) -> Result<(), TestCaseError> {
+    if AffinityKey::parse(affinity_key, api_format, global_model_id).is_ok() { STATS_KEYOK.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
     match AffinityKey::parse(affinity_key, api_format, global_model_id) {
         Ok(key) => {
             prop_assert_eq!(&key.affinity_key, affinity_key);
             prop_assert_eq!(&key.global_model_id, global_model_id);
-            prop_assert_eq!(Ok(key.api_format.clone()), parse_api_format("f", api_format).map_err(drop));
-            prop_assert_eq!(AffinityKey::from_member(&key.member()).as_ref(), Some(&key));
+            prop_assert_eq!(
+                Ok(key.api_format.clone()),
+                parse_api_format("f", api_format).map_err(drop)
+            );
+            let member = key.member();
+            prop_assert_eq!(AffinityKey::from_member(&member), Some(key.clone()));
             let redis_key = key.redis_key();
             let member = redis_key.strip_prefix(KEY_PREFIX).expect("Aether's prefix");
             prop_assert_eq!(AffinityKey::from_member(member), Some(key));
@@ -312,7 +313,7 @@ request!(InvalidateAffinityRequest [affinity_key, api_format, global_model_id, e
     Ok(())
 });
 request!(GetAffinityStatsRequest []);
-request!(ListUserAffinitiesRequest [user_identifier]);
+request!(ListUserAffinitiesRequest[user_identifier]);
 request!(ListAffinitiesRequest [keyword, page_token], |r| {
     match page_size(r.page_size) {
         Ok(size) => prop_assert!(
@@ -326,14 +327,14 @@ request!(ListAffinitiesRequest [keyword, page_token], |r| {
     }
     Ok(())
 });
-request!(ClearUserAffinitiesRequest [user_identifier]);
+request!(ClearUserAffinitiesRequest[user_identifier]);
 request!(DeleteAffinityRequest [affinity_key, endpoint_id, global_model_id, api_format], |r| check_key(
     &r.affinity_key,
     &r.api_format,
     &r.global_model_id
 ));
 request!(ClearAllAffinitiesRequest []);
-request!(ClearProviderAffinitiesRequest [provider_id]);
+request!(ClearProviderAffinitiesRequest[provider_id]);
 request!(GetAffinityConfigRequest []);
 request!(ExportMetricsRequest []);
 request!(WatchAffinityEventsRequest [affinity_key, provider_id, api_format], |r| {
@@ -342,14 +343,14 @@ request!(WatchAffinityEventsRequest [affinity_key, provider_id, api_format], |r|
     }
     Ok(())
 });
-request!(ResolveUserRequest [identifier]);
-request!(GetUserRequest [lookup]);
+request!(ResolveUserRequest[identifier]);
+request!(GetUserRequest[lookup]);
 request!(InvalidateUserCacheRequest [user_id, email]);
-request!(ResolveModelRequest [model_name]);
+request!(ResolveModelRequest[model_name]);
 request!(GetProviderModelRequest [provider_id, global_model_id]);
 request!(GetModelMappingStatsRequest []);
 request!(ClearModelMappingCacheRequest []);
-request!(ClearModelMappingCacheByNameRequest [model_name]);
+request!(ClearModelMappingCacheByNameRequest[model_name]);
 request!(ClearProviderModelMappingCacheRequest [provider_id, global_model_id]);
 
 /// A decoded request re-encodes to a message that decodes equal, and its
@@ -357,7 +358,10 @@ request!(ClearProviderModelMappingCacheRequest [provider_id, global_model_id]);
 fn check_request<R: Request>(request: &R) -> Result<(), TestCaseError> {
     let bytes = request.encode_to_vec();
     prop_assert_eq!(bytes.len(), request.encoded_len());
-    prop_assert_eq!(&R::decode(bytes.as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?, request);
+    prop_assert_eq!(
+        &R::decode(bytes.as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?,
+        request
+    );
     for text in request.texts() {
         check_text(text)?;
     }
@@ -376,6 +380,8 @@ macro_rules! every_request {
             $(
                 if let Ok(request) = proto::$ty::decode(bytes) {
                     decoded += 1;
+                    STATS_DECODED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if request.texts().iter().any(|t| !t.is_empty()) { STATS_TEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
                     check_request(&request)?;
                 }
             )+
@@ -550,7 +556,10 @@ fn check_masked(masked: &MaskedKey, plaintext: &str) -> Result<(), TestCaseError
     match masked {
         MaskedKey::Masked(text) => {
             prop_assert!(text.contains("********"), "{text:?}");
-            prop_assert!(text.chars().count() - 8 < plaintext.chars().count(), "{text:?} shows all of the key");
+            prop_assert!(
+                text.chars().count() - 8 < plaintext.chars().count(),
+                "{text:?} shows all of the key"
+            );
         }
         MaskedKey::Empty => prop_assert!(plaintext.is_empty()),
         MaskedKey::Undecryptable => prop_assert!(false, "a decryptable value masked as undecryptable"),
@@ -680,11 +689,7 @@ const JWT_USER: &str = "11111111-2222-4333-8444-555555555555";
 const JWT_NOW: f64 = 1_800_000_000.0;
 
 fn sign_raw(header: &str, payload: &str) -> String {
-    let signed = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(payload)
-    );
+    let signed = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, JWT_SECRET.as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed.as_bytes()).as_ref());
     format!("{signed}.{signature}")
@@ -727,7 +732,12 @@ fn jwt_payload() -> impl Strategy<Value = String> {
         Just(Value::Null),
         Just(json!(1)),
     ];
-    let user = prop_oneof![Just(json!(JWT_USER)), Just(json!("")), any_text().prop_map(Value::from), Just(json!(7))];
+    let user = prop_oneof![
+        Just(json!(JWT_USER)),
+        Just(json!("")),
+        any_text().prop_map(Value::from),
+        Just(json!(7))
+    ];
     let object = (
         prop::option::of(user),
         prop::option::of(exp),
@@ -786,7 +796,17 @@ proptest! {
 fn token_entry() -> impl Strategy<Value = String> {
     let name = prop_oneof![Just("gw".to_owned()), Just(String::new()), any_text()];
     let scopes = prop_oneof![
-        select(vec!["read", "write", "admin", "read+write", "read + admin", "", "root", "read+"]).prop_map(String::from),
+        select(vec![
+            "read",
+            "write",
+            "admin",
+            "read+write",
+            "read + admin",
+            "",
+            "root",
+            "read+"
+        ])
+        .prop_map(String::from),
         any_text(),
     ];
     let hex = prop_oneof![
@@ -857,16 +877,19 @@ proptest! {
 
 /// An API format as a caller may write it: any case, surrounding whitespace.
 fn api_format_as_written() -> impl Strategy<Value = String> {
-    (select(API_FORMATS), prop::collection::vec(any::<bool>(), 10), select(vec!["", " ", "\t"])).prop_map(
-        |(format, upper, pad)| {
+    (
+        select(API_FORMATS),
+        prop::collection::vec(any::<bool>(), 10),
+        select(vec!["", " ", "\t"]),
+    )
+        .prop_map(|(format, upper, pad)| {
             let cased: String = format
                 .chars()
                 .zip(upper.iter().cycle())
                 .map(|(c, up)| if *up { c } else { c.to_ascii_lowercase() })
                 .collect();
             format!("{pad}{cased}{pad}")
-        },
-    )
+        })
 }
 
 proptest! {
@@ -1075,7 +1098,7 @@ proptest! {
 /// Members of the set at `key` matching `pattern`, by SSCAN.
 async fn sscan(client: &Client, key: &str, pattern: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut pages = client.sscan(key, pattern, Some(100));
+    let mut pages = Box::pin(client.sscan(key, pattern, Some(100)));
     while let Some(page) = pages.next().await {
         let mut page = page.expect("SSCAN page");
         for member in page.take_results().unwrap_or_default() {
@@ -1181,12 +1204,10 @@ fn pool_key() -> impl Strategy<Value = AffinityKey> {
 }
 
 fn pool_target() -> impl Strategy<Value = AffinityTarget> {
-    (select(PROVIDERS), select(ENDPOINTS), select(PROVIDER_KEYS)).prop_map(|(provider, endpoint, key)| {
-        AffinityTarget {
-            provider_id: provider.to_owned(),
-            endpoint_id: endpoint.to_owned(),
-            key_id: key.to_owned(),
-        }
+    (select(PROVIDERS), select(ENDPOINTS), select(PROVIDER_KEYS)).prop_map(|(provider, endpoint, key)| AffinityTarget {
+        provider_id: provider.to_owned(),
+        endpoint_id: endpoint.to_owned(),
+        key_id: key.to_owned(),
     })
 }
 
@@ -1216,13 +1237,16 @@ struct GuardPick {
 }
 
 fn guard_pick() -> impl Strategy<Value = GuardPick> {
-    (guard_field(ENDPOINTS), guard_field(PROVIDER_KEYS), guard_field(PROVIDERS)).prop_map(|(endpoint, key, provider)| {
-        GuardPick {
+    (
+        guard_field(ENDPOINTS),
+        guard_field(PROVIDER_KEYS),
+        guard_field(PROVIDERS),
+    )
+        .prop_map(|(endpoint, key, provider)| GuardPick {
             endpoint,
             key,
             provider,
-        }
-    })
+        })
 }
 
 impl GuardPick {
@@ -1253,7 +1277,12 @@ fn pick<T: Debug + Clone>(pool: impl Strategy<Value = T>) -> impl Strategy<Value
 }
 
 impl<T: Clone> Pick<T> {
-    fn resolve(&self, world: &[(&AffinityKey, &AffinityRecord)], from_world: impl Fn(&AffinityKey, &AffinityRecord) -> T, fallback: T) -> T {
+    fn resolve(
+        &self,
+        world: &[(&AffinityKey, &AffinityRecord)],
+        from_world: impl Fn(&AffinityKey, &AffinityRecord) -> T,
+        fallback: T,
+    ) -> T {
         match self {
             Pick::World(index) if !world.is_empty() => {
                 let (key, record) = world[index.index(world.len())];
@@ -1334,92 +1363,108 @@ async fn deletes_exactly_what_matches(
     case: &DeletionCase,
 ) -> Result<(), TestCaseError> {
     let now = now_epoch();
-    prop_assert_eq!(store(store.count_live(now).await)?, 0, "a previous case left entries");
+    prop_assert_eq!(
+        store_ok(store.count_live(now).await)?,
+        0,
+        "a previous case left entries"
+    );
     let mut world: BTreeMap<AffinityKey, AffinityRecord> = BTreeMap::new();
     for (key, target) in &case.writes {
-        let result = store(store.set(key, &write_of(key, target), now).await)?;
+        let result = store_ok(store.set(key, &write_of(key, target), now).await)?;
         world.insert(key.clone(), result.record);
     }
     let entries: Vec<(&AffinityKey, &AffinityRecord)> = world.iter().collect();
-    let of_index = |index: &IndexRef| -> Vec<Affinity> {
-        world
-            .iter()
-            .map(|(key, record)| Affinity {
-                key: key.clone(),
-                record: record.clone(),
-            })
-            .filter(|a| index.contains(a))
-            .collect()
-    };
 
-    let (targeted, guard, dry_run, reported): (BTreeSet<AffinityKey>, InvalidationGuard, bool, u64) = match &case.destroy
-    {
-        Destroy::Invalidate { key, guard } => {
-            let fallback = AffinityKey::parse("a", "CLAUDE", "g").expect("valid key");
-            let key = key.resolve(&entries, |k, _| k.clone(), fallback);
-            let guard = guard.resolve(world.get(&key));
-            let deleted = store(store.invalidate(&key, &guard).await)?;
-            let expected = world.get(&key).filter(|record| guard.matches(record));
-            prop_assert_eq!(deleted.as_ref(), expected, "invalidate returns exactly the deleted value");
-            (BTreeSet::from([key]), guard, false, u64::from(deleted.is_some()))
-        }
-        Destroy::ClearOwner {
-            owner,
-            guard,
-            via_index,
-            absent,
-            dry_run,
-        } => {
-            let owner = owner.resolve(&entries, |k, _| k.affinity_key.clone(), "a".to_owned());
-            let reference = world.iter().find(|(k, _)| k.affinity_key == owner).map(|(_, r)| r);
-            let guard = guard.resolve(reference);
-            let index = IndexRef::AffinityKey(owner.clone());
-            let targeted: BTreeSet<AffinityKey> = if *via_index {
-                let listed = sorted(store(store.list_indexed(std::slice::from_ref(&index), now).await)?);
-                prop_assert_eq!(&listed, &of_index(&index), "the owner's index lists exactly its entries");
-                listed.into_iter().map(|a| a.key).collect()
-            } else {
-                let mut keys: BTreeSet<AffinityKey> = world.keys().filter(|k| k.affinity_key == owner).cloned().collect();
-                for (format, model) in absent {
-                    keys.insert(AffinityKey::parse(&owner, format, model).expect("valid key"));
-                }
-                keys
-            };
-            let keys: Vec<AffinityKey> = targeted.iter().cloned().collect();
-            let count = store(store.delete_many(&keys, &guard, *dry_run).await)?;
-            (targeted, guard, *dry_run, count)
-        }
-        Destroy::ClearProvider { provider, dry_run } => {
-            let provider = provider.resolve(&entries, |_, r| r.provider_id.clone(), "p".to_owned());
-            let index = IndexRef::Provider(provider.clone());
-            let listed = sorted(store(store.list_indexed(std::slice::from_ref(&index), now).await)?);
-            prop_assert_eq!(&listed, &of_index(&index), "the provider's index lists exactly its entries");
-            let keys: Vec<AffinityKey> = listed.into_iter().map(|a| a.key).collect();
-            let guard = InvalidationGuard {
-                provider_id: Some(provider),
-                ..InvalidationGuard::default()
-            };
-            let count = store(store.delete_many(&keys, &guard, *dry_run).await)?;
-            (keys.into_iter().collect(), guard, *dry_run, count)
-        }
-    };
+    let (targeted, guard, dry_run, reported): (BTreeSet<AffinityKey>, InvalidationGuard, bool, u64) =
+        match &case.destroy {
+            Destroy::Invalidate { key, guard } => {
+                let fallback = AffinityKey::parse("a", "CLAUDE", "g").expect("valid key");
+                let key = key.resolve(&entries, |k, _| k.clone(), fallback);
+                let guard = guard.resolve(world.get(&key));
+                let deleted = store_ok(store.invalidate(&key, &guard).await)?;
+                let expected = world.get(&key).filter(|record| guard.matches(record));
+                prop_assert_eq!(
+                    deleted.as_ref(),
+                    expected,
+                    "invalidate returns exactly the deleted value"
+                );
+                (BTreeSet::from([key]), guard, false, u64::from(deleted.is_some()))
+            }
+            Destroy::ClearOwner {
+                owner,
+                guard,
+                via_index,
+                absent,
+                dry_run,
+            } => {
+                let owner = owner.resolve(&entries, |k, _| k.affinity_key.clone(), "a".to_owned());
+                let reference = world.iter().find(|(k, _)| k.affinity_key == owner).map(|(_, r)| r);
+                let guard = guard.resolve(reference);
+                let index = IndexRef::AffinityKey(owner.clone());
+                let targeted: BTreeSet<AffinityKey> = if *via_index {
+                    let listed = sorted(store_ok(store.list_indexed(std::slice::from_ref(&index), now).await)?);
+                    prop_assert_eq!(
+                        &listed,
+                        &of_index_after(&world, &index),
+                        "the owner's index lists exactly its entries"
+                    );
+                    listed.into_iter().map(|a| a.key).collect()
+                } else {
+                    let mut keys: BTreeSet<AffinityKey> =
+                        world.keys().filter(|k| k.affinity_key == owner).cloned().collect();
+                    for (format, model) in absent {
+                        keys.insert(AffinityKey::parse(&owner, format, model).expect("valid key"));
+                    }
+                    keys
+                };
+                let keys: Vec<AffinityKey> = targeted.iter().cloned().collect();
+                let count = store_ok(store.delete_many(&keys, &guard, *dry_run).await)?;
+                (targeted, guard, *dry_run, count)
+            }
+            Destroy::ClearProvider { provider, dry_run } => {
+                let provider = provider.resolve(&entries, |_, r| r.provider_id.clone(), "p".to_owned());
+                let index = IndexRef::Provider(provider.clone());
+                let listed = sorted(store_ok(store.list_indexed(std::slice::from_ref(&index), now).await)?);
+                prop_assert_eq!(
+                    &listed,
+                    &of_index_after(&world, &index),
+                    "the provider's index lists exactly its entries"
+                );
+                let keys: Vec<AffinityKey> = listed.into_iter().map(|a| a.key).collect();
+                let guard = InvalidationGuard {
+                    provider_id: Some(provider),
+                    ..InvalidationGuard::default()
+                };
+                let count = store_ok(store.delete_many(&keys, &guard, *dry_run).await)?;
+                (keys.into_iter().collect(), guard, *dry_run, count)
+            }
+        };
 
     let matching: BTreeSet<&AffinityKey> = targeted
         .iter()
         .filter(|key| world.get(*key).is_some_and(|record| guard.matches(record)))
         .collect();
-    prop_assert_eq!(reported, matching.len() as u64, "the count is exactly the matching entries");
+    prop_assert_eq!(
+        reported,
+        matching.len() as u64,
+        "the count is exactly the matching entries"
+    );
     let gone = |key: &AffinityKey| !dry_run && matching.contains(key);
     for (key, record) in &world {
-        let found = store(store.get(key, now).await)?;
+        let found = store_ok(store.get(key, now).await)?;
         if gone(key) {
             prop_assert_eq!(found, None, "{:?} matched and should be gone", key);
         } else {
-            prop_assert_eq!(found.as_ref(), Some(record), "{:?} did not match (owner or guard) and must survive", key);
+            prop_assert_eq!(
+                found.as_ref(),
+                Some(record),
+                "{:?} did not match (owner or guard) and must survive",
+                key
+            );
         }
     }
     let survivors = world.keys().filter(|key| !gone(key)).count() as u64;
-    prop_assert_eq!(store(store.count_live(now).await)?, survivors);
+    prop_assert_eq!(store_ok(store.count_live(now).await)?, survivors);
 
     // Every index, tricky ids included, lists exactly the surviving entries.
     world.retain(|key, _| !gone(key));
@@ -1429,7 +1474,7 @@ async fn deletes_exactly_what_matches(
         .chain(PROVIDERS.iter().map(|p| IndexRef::Provider((*p).to_owned())))
         .chain(PROVIDER_KEYS.iter().map(|k| IndexRef::ProviderKey((*k).to_owned())));
     for index in indexes {
-        let listed = sorted(store(store.list_indexed(std::slice::from_ref(&index), now).await)?);
+        let listed = sorted(store_ok(store.list_indexed(std::slice::from_ref(&index), now).await)?);
         prop_assert_eq!(&listed, &of_index_after(&world, &index), "index {:?}", index);
     }
     Ok(())
@@ -1452,7 +1497,7 @@ async fn deletion_case_on(store: &Arc<dyn AffinityStore>, case: &DeletionCase) -
     let outcome = deletes_exactly_what_matches(store, case).await;
     let keys: BTreeSet<AffinityKey> = case.writes.iter().map(|(key, _)| key.clone()).collect();
     let keys: Vec<AffinityKey> = keys.into_iter().collect();
-    store(store.delete_many(&keys, &InvalidationGuard::default(), false).await)?;
+    store_ok(store.delete_many(&keys, &InvalidationGuard::default(), false).await)?;
     outcome
 }
 
@@ -1468,13 +1513,20 @@ fn memory_store_deletes_only_what_matches() {
 #[test]
 fn redis_store_deletes_only_what_matches() {
     with_redis(|rt, connection, _| {
-        let store: Arc<dyn AffinityStore> =
-            Arc::new(RedisAffinityStore::new(connection, "properties", Duration::from_secs(5)));
+        let store: Arc<dyn AffinityStore> = Arc::new(RedisAffinityStore::new(
+            connection,
+            "properties",
+            Duration::from_secs(5),
+        ));
         proptest!(config(32), |(case in deletion_case())| {
             rt.block_on(deletion_case_on(&store, &case))?;
         });
         rt.block_on(async {
-            assert_eq!(store.clear_all(true).await.expect("clear_all dry run"), 0, "no stray entries");
+            assert_eq!(
+                store.clear_all(true).await.expect("clear_all dry run"),
+                0,
+                "no stray entries"
+            );
         });
     });
 }
@@ -1544,7 +1596,10 @@ fn prefix_case() -> impl Strategy<Value = PrefixCase> {
 
 impl PrefixCase {
     fn existing(&self) -> BTreeSet<String> {
-        self.entries.iter().map(|(f, name)| format!("{}{name}", FAMILIES[*f])).collect()
+        self.entries
+            .iter()
+            .map(|(f, name)| format!("{}{name}", FAMILIES[*f]))
+            .collect()
     }
 
     fn prefix(&self) -> String {
@@ -1567,34 +1622,53 @@ impl PrefixCase {
 async fn prefix_ops_are_literal(cache: &dyn CacheStore, case: &PrefixCase) -> Result<(), TestCaseError> {
     let existing = case.existing();
     for key in &existing {
-        store(cache.set_ex(key, "v", Duration::from_secs(300)).await)?;
+        store_ok(cache.set_ex(key, "v", Duration::from_secs(300)).await)?;
     }
     let prefix = case.prefix();
     let matching: BTreeSet<String> = existing.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
+    eprintln!("STAT prefix existing={} matching={}", existing.len(), matching.len());
 
-    let listed: BTreeSet<String> = store(cache.keys_with_prefix(&prefix, 100_000).await)?.into_iter().collect();
+    let listed: BTreeSet<String> = store_ok(cache.keys_with_prefix(&prefix, 100_000).await)?
+        .into_iter()
+        .collect();
     prop_assert_eq!(&listed, &matching, "keys_with_prefix({:?})", prefix);
-    let few = store(cache.keys_with_prefix(&prefix, case.small_max).await)?;
+    let few = store_ok(cache.keys_with_prefix(&prefix, case.small_max).await)?;
     prop_assert!(few.len() <= case.small_max && few.iter().all(|k| matching.contains(k)));
 
-    prop_assert_eq!(store(cache.delete_prefix(&prefix, true).await)?, matching.len() as u64);
+    prop_assert_eq!(
+        store_ok(cache.delete_prefix(&prefix, true).await)?,
+        matching.len() as u64
+    );
     for key in &existing {
-        prop_assert!(store(cache.get(key).await)?.is_some(), "a dry run deleted {:?}", key);
+        prop_assert!(store_ok(cache.get(key).await)?.is_some(), "a dry run deleted {:?}", key);
     }
-    prop_assert_eq!(store(cache.delete_prefix(&prefix, false).await)?, matching.len() as u64);
+    prop_assert_eq!(
+        store_ok(cache.delete_prefix(&prefix, false).await)?,
+        matching.len() as u64
+    );
     for key in &existing {
-        let present = store(cache.get(key).await)?.is_some();
-        prop_assert_eq!(present, !matching.contains(key), "{:?} after delete_prefix({:?})", key, prefix);
+        let present = store_ok(cache.get(key).await)?.is_some();
+        prop_assert_eq!(
+            present,
+            !matching.contains(key),
+            "{:?} after delete_prefix({:?})",
+            key,
+            prefix
+        );
     }
 
     let survivors: BTreeSet<String> = existing.difference(&matching).cloned().collect();
-    let targets: BTreeSet<String> = case.deletes.iter().map(|(f, name)| format!("{}{name}", FAMILIES[*f])).collect();
+    let targets: BTreeSet<String> = case
+        .deletes
+        .iter()
+        .map(|(f, name)| format!("{}{name}", FAMILIES[*f]))
+        .collect();
     let targets: Vec<String> = targets.into_iter().collect();
     let present = targets.iter().filter(|k| survivors.contains(*k)).count() as u64;
-    prop_assert_eq!(store(cache.delete(&targets, true).await)?, present);
-    prop_assert_eq!(store(cache.delete(&targets, false).await)?, present);
+    prop_assert_eq!(store_ok(cache.delete(&targets, true).await)?, present);
+    prop_assert_eq!(store_ok(cache.delete(&targets, false).await)?, present);
     for key in &survivors {
-        let present = store(cache.get(key).await)?.is_some();
+        let present = store_ok(cache.get(key).await)?.is_some();
         prop_assert_eq!(present, !targets.contains(key), "{:?} after delete({:?})", key, targets);
     }
     Ok(())
@@ -1624,4 +1698,13 @@ fn redis_cache_prefix_ops_never_widen() {
             })?;
         });
     });
+}
+
+static STATS_DECODED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STATS_TEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STATS_KEYOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+#[test]
+fn zz_stats() {
+    std::thread::sleep(Duration::from_secs(8));
+    eprintln!("STAT decoded={} with_text={} keyok={}", STATS_DECODED.load(std::sync::atomic::Ordering::Relaxed), STATS_TEXT.load(std::sync::atomic::Ordering::Relaxed), STATS_KEYOK.load(std::sync::atomic::Ordering::Relaxed));
 }

@@ -51,7 +51,11 @@ fn details_json(status: &Status, pool: &DescriptorPool) -> Vec<Value> {
             let decoded = pool
                 .get_message_by_name(type_name)
                 .and_then(|descriptor| DynamicMessage::decode(descriptor, any.value.as_slice()).ok())
-                .and_then(|message| message.serialize_with_options(serde_json::value::Serializer, &json_options()).ok());
+                .and_then(|message| {
+                    message
+                        .serialize_with_options(serde_json::value::Serializer, &json_options())
+                        .ok()
+                });
             let mut object = match decoded {
                 Some(Value::Object(object)) => object,
                 // Well-known types map to a non-object; the mapping puts them under "value".
@@ -90,9 +94,10 @@ pub fn plain_error(http: StatusCode, code: Code, message: &str) -> Response {
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -133,7 +138,11 @@ mod tests {
     fn details_are_decoded_with_their_type() {
         let pool = super::super::descriptor_pool().unwrap();
         let mut details = ErrorDetails::with_bad_request_violation("api_format", "unknown format");
-        details.set_error_info("INVALID_ARGUMENT", "aether-control", HashMap::from([("k".into(), "v".into())]));
+        details.set_error_info(
+            "INVALID_ARGUMENT",
+            "aether-control",
+            HashMap::from([("k".into(), "v".into())]),
+        );
         details.set_retry_info(Some(Duration::from_millis(1500)));
         details.set_resource_info("affinity", "k1", "", "affinity not found");
         let status = Status::with_error_details(Code::InvalidArgument, "invalid api_format", details);

@@ -20,11 +20,7 @@ pub type GrpcService =
 /// Type-erases a gRPC stack (e.g. the auth layer around `tonic::service::Routes`).
 pub fn boxed<S, B>(service: S) -> GrpcService
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<axum::BoxError>,
     B: HttpBody<Data = Bytes> + Send + 'static,

@@ -164,8 +164,11 @@ impl Shim {
             if allowed.is_empty() {
                 error::plain_error(StatusCode::NOT_FOUND, Code::NotFound, "Not Found")
             } else {
-                let mut response =
-                    error::plain_error(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "Method Not Allowed");
+                let mut response = error::plain_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Code::Unimplemented,
+                    "Method Not Allowed",
+                );
                 if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
                     response.headers_mut().insert(header::ALLOW, value);
                 }
@@ -230,10 +233,16 @@ mod tests {
         let (binding, _) = shim.route(&Method::GET, "/v1/users/u-1").ok().unwrap();
         assert_eq!(binding.operation_id, "UserService_GetUser");
         let (binding, _) = shim
-            .route(&Method::DELETE, "/api/admin/monitoring/cache/model-mapping/provider/p/g")
+            .route(
+                &Method::DELETE,
+                "/api/admin/monitoring/cache/model-mapping/provider/p/g",
+            )
             .ok()
             .unwrap();
-        assert_eq!(binding.operation_id, "ModelMappingService_ClearProviderModelMappingCache");
+        assert_eq!(
+            binding.operation_id,
+            "ModelMappingService_ClearProviderModelMappingCache"
+        );
         let wrong = shim.route(&Method::POST, "/api/admin/monitoring/cache").err().unwrap();
         assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(wrong.headers()[header::ALLOW], "DELETE");

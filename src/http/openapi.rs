@@ -69,7 +69,9 @@ fn with_description(mut schema: Value, description: Option<&str>) -> Value {
 fn well_known(message: &MessageDescriptor) -> Option<Value> {
     Some(match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
-        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "examples": ["300s"]}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "examples": ["300s"]})
+        }
         "google.protobuf.FieldMask" => json!({"type": "string"}),
         "google.protobuf.Empty" => json!({"type": "object"}),
         "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
@@ -129,12 +131,12 @@ impl Schemas<'_> {
     fn enumeration(&mut self, enumeration: &EnumDescriptor) -> Value {
         let name = enumeration.full_name().to_owned();
         if !self.defined.contains_key(&name) {
-            let values: Vec<&str> = enumeration.values().map(|v| v.name()).collect();
-            let comment = self
-                .comments
-                .get(enumeration.parent_file().name(), enumeration.path());
-            self.defined
-                .insert(name.clone(), with_description(json!({"type": "string", "enum": values}), comment));
+            let values: Vec<String> = enumeration.values().map(|v| v.name().to_owned()).collect();
+            let comment = self.comments.get(enumeration.parent_file().name(), enumeration.path());
+            self.defined.insert(
+                name.clone(),
+                with_description(json!({"type": "string", "enum": values}), comment),
+            );
         }
         reference(&name)
     }
@@ -286,10 +288,13 @@ fn operation(binding: &Binding, schemas: &mut Schemas<'_>, status: &Value) -> Va
         .and_then(|path| resolve_field_path(&output, path))
         .and_then(|fields| fields.last().cloned())
     {
-        Some(leaf) if !leaf.is_list() && matches!(leaf.kind(), Kind::String) => (json!({"type": "string"}), "text/plain"),
-        Some(leaf) if !leaf.is_list() && matches!(leaf.kind(), Kind::Bytes) => {
-            (json!({"type": "string", "format": "binary"}), "application/octet-stream")
+        Some(leaf) if !leaf.is_list() && matches!(leaf.kind(), Kind::String) => {
+            (json!({"type": "string"}), "text/plain")
         }
+        Some(leaf) if !leaf.is_list() && matches!(leaf.kind(), Kind::Bytes) => (
+            json!({"type": "string", "format": "binary"}),
+            "application/octet-stream",
+        ),
         Some(leaf) => (schemas.field(&leaf), "application/json"),
         None => (schemas.message(&output), "application/json"),
     };
@@ -411,7 +416,12 @@ mod tests {
         let doc = generated();
         let list = &doc["paths"]["/api/admin/monitoring/cache/affinities"]["get"];
         assert_eq!(list["operationId"], "AffinityService_ListAffinities");
-        assert!(list["description"].as_str().unwrap().starts_with("Lists live affinities"));
+        assert!(
+            list["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Lists live affinities")
+        );
         let names: Vec<&str> = list["parameters"]
             .as_array()
             .unwrap()
@@ -428,7 +438,10 @@ mod tests {
 
         let metrics = &doc["paths"]["/api/admin/monitoring/cache/metrics"]["get"]["responses"]["200"]["content"];
         assert!(metrics.get("text/plain").is_some());
-        assert!(doc["paths"]["/v1/users:lookup"]["get"].is_object(), "additional binding");
+        assert!(
+            doc["paths"]["/v1/users:lookup"]["get"].is_object(),
+            "additional binding"
+        );
         let affinity = &doc["components"]["schemas"]["aether.control.v1.Affinity"];
         assert_eq!(affinity["properties"]["expire_at"]["format"], "date-time");
         assert_eq!(affinity["properties"]["request_count"]["format"], "int64");

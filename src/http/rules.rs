@@ -11,7 +11,8 @@ use super::template::PathTemplate;
 /// field when the field itself is not given. Aether's admin `/affinities`
 /// pages with `limit` + `offset`; `offset` is a field already, `limit` is
 /// our `page_size`.
-pub const QUERY_ALIASES: &[(&str, &str, &str)] = &[("aether.control.v1.AffinityService.ListAffinities", "limit", "page_size")];
+pub const QUERY_ALIASES: &[(&str, &str, &str)] =
+    &[("aether.control.v1.AffinityService.ListAffinities", "limit", "page_size")];
 
 /// Where the HTTP body goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,21 +118,32 @@ fn binding(method: &MethodDescriptor, rule: &DynamicMessage, index: usize) -> Re
     };
     let response_body = Some(string_field(rule, "response_body")).filter(|f| !f.is_empty());
     if let Some(field) = &response_body {
-        resolve_field_path(&method.output(), field)
-            .ok_or_else(|| format!("response_body `{field}` is not a field of {}", method.output().full_name()))?;
+        resolve_field_path(&method.output(), field).ok_or_else(|| {
+            format!(
+                "response_body `{field}` is not a field of {}",
+                method.output().full_name()
+            )
+        })?;
     }
     let aliases = QUERY_ALIASES
         .iter()
         .filter(|(name, _, _)| *name == method.full_name())
         .map(|&(_, alias, field)| {
             if resolve_field_path(&input, field).is_none() || input.get_field_by_name(alias).is_some() {
-                return Err(format!("query alias `{alias}` -> `{field}` does not fit {}", input.full_name()));
+                return Err(format!(
+                    "query alias `{alias}` -> `{field}` does not fit {}",
+                    input.full_name()
+                ));
             }
             Ok((alias, field))
         })
         .collect::<Result<Vec<_>, String>>()?;
     let service = method.parent_service();
-    let suffix = if index == 0 { String::new() } else { (index + 1).to_string() };
+    let suffix = if index == 0 {
+        String::new()
+    } else {
+        (index + 1).to_string()
+    };
     Ok(Binding {
         http_method,
         template,
@@ -210,7 +222,11 @@ mod tests {
 
         let list = find("aether.control.v1.AffinityService.ListAffinities");
         assert_eq!(list[0].aliases, [("limit", "page_size")]);
-        assert!(find("aether.control.v1.AffinityService.WatchAffinityEvents")[0].method.is_server_streaming());
+        assert!(
+            find("aether.control.v1.AffinityService.WatchAffinityEvents")[0]
+                .method
+                .is_server_streaming()
+        );
         // Health and reflection have no annotations.
         assert!(bindings.iter().all(|b| b.grpc_path.starts_with("/aether.control.v1.")));
     }
@@ -221,10 +237,19 @@ mod tests {
         let request = pool
             .get_message_by_name("aether.control.v1.SetAffinityRequest")
             .unwrap();
-        assert_eq!(resolve_field_path(&request, "affinity_key").unwrap()[0].name(), "affinity_key");
-        assert_eq!(resolve_field_path(&request, "affinityKey").unwrap()[0].name(), "affinity_key");
+        assert_eq!(
+            resolve_field_path(&request, "affinity_key").unwrap()[0].name(),
+            "affinity_key"
+        );
+        assert_eq!(
+            resolve_field_path(&request, "affinityKey").unwrap()[0].name(),
+            "affinity_key"
+        );
         assert_eq!(resolve_field_path(&request, "ttl.seconds").unwrap().len(), 2);
-        assert!(resolve_field_path(&request, "affinity_key.x").is_none(), "not a message");
+        assert!(
+            resolve_field_path(&request, "affinity_key.x").is_none(),
+            "not a message"
+        );
         assert!(resolve_field_path(&request, "nope").is_none());
     }
 }

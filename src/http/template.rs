@@ -71,7 +71,10 @@ fn plain_segment(text: &str) -> Result<Segment, String> {
 fn is_field_path(text: &str) -> bool {
     !text.is_empty()
         && text.split('.').all(|ident| {
-            ident.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            ident
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && ident.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
 }
@@ -80,7 +83,9 @@ impl PathTemplate {
     /// Parses `text`, e.g. `/v1/affinities/{affinity_key}:invalidate`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let fail = |reason: String| format!("path template `{text}`: {reason}");
-        let rest = text.strip_prefix('/').ok_or_else(|| fail("must start with `/`".into()))?;
+        let rest = text
+            .strip_prefix('/')
+            .ok_or_else(|| fail("must start with `/`".into()))?;
         // The verb follows the last `:` outside braces, after the last `/`.
         let mut pieces = split_outside_braces(rest, '/').map_err(fail)?;
         let last = pieces.pop().unwrap_or_default();
@@ -277,7 +282,11 @@ mod tests {
         let template = "/v1/affinities/{affinity_key}/{api_format}/{global_model_id}";
         assert_eq!(
             vars(template, "/v1/affinities/ak-1/CLAUDE/gm-1"),
-            pairs(&[("affinity_key", "ak-1"), ("api_format", "CLAUDE"), ("global_model_id", "gm-1")])
+            pairs(&[
+                ("affinity_key", "ak-1"),
+                ("api_format", "CLAUDE"),
+                ("global_model_id", "gm-1")
+            ])
         );
         assert_eq!(vars(template, "/v1/affinities/ak-1/CLAUDE"), None, "too short");
         assert_eq!(vars(template, "/v1/affinities/ak-1/CLAUDE/gm/x"), None, "too long");
@@ -300,14 +309,21 @@ mod tests {
         let template = "/v1/affinities/{affinity_key}/{api_format}/{global_model_id}:invalidate";
         assert_eq!(
             vars(template, "/v1/affinities/k/OPENAI/m:invalidate"),
-            pairs(&[("affinity_key", "k"), ("api_format", "OPENAI"), ("global_model_id", "m")])
+            pairs(&[
+                ("affinity_key", "k"),
+                ("api_format", "OPENAI"),
+                ("global_model_id", "m")
+            ])
         );
         assert_eq!(vars(template, "/v1/affinities/k/OPENAI/m"), None, "verb missing");
         assert_eq!(vars(template, "/v1/affinities/k/OPENAI/m:other"), None, "other verb");
         assert_eq!(vars("/v1/users:resolve", "/v1/users:resolve"), pairs(&[]));
         assert_eq!(vars("/v1/users:resolve", "/v1/users"), None);
         // Without a verb in the template, a colon is part of the value.
-        assert_eq!(vars("/v1/users/{user_id}", "/v1/users/a:b"), pairs(&[("user_id", "a:b")]));
+        assert_eq!(
+            vars("/v1/users/{user_id}", "/v1/users/a:b"),
+            pairs(&[("user_id", "a:b")])
+        );
     }
 
     #[test]
@@ -316,16 +332,16 @@ mod tests {
             vars("/api/admin/monitoring/cache", "/api/admin/monitoring/cache"),
             pairs(&[])
         );
-        assert_eq!(vars("/api/admin/monitoring/cache", "/api/admin/monitoring/cache/"), None);
+        assert_eq!(
+            vars("/api/admin/monitoring/cache", "/api/admin/monitoring/cache/"),
+            None
+        );
         assert_eq!(
             vars("/v1/{name=things/*}/x", "/v1/things/7/x"),
             pairs(&[("name", "things/7")])
         );
         assert_eq!(vars("/v1/{name=things/*}/x", "/v1/other/7/x"), None);
-        assert_eq!(
-            vars("/files/{path=**}", "/files/a/b/c"),
-            pairs(&[("path", "a/b/c")])
-        );
+        assert_eq!(vars("/files/{path=**}", "/files/a/b/c"), pairs(&[("path", "a/b/c")]));
         assert_eq!(vars("/files/{path=**}", "/files"), pairs(&[("path", "")]));
         assert_eq!(vars("/v1/*/x", "/v1/anything/x"), pairs(&[]));
     }

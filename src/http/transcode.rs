@@ -51,9 +51,7 @@ fn message_from_json(descriptor: MessageDescriptor, body: &[u8]) -> Result<Dynam
 /// Parses one path or query value for `field` (a repeated field's element).
 fn field_value(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
     fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, String> {
-        text.trim()
-            .parse()
-            .map_err(|_| format!("`{text}` is not {what}"))
+        text.trim().parse().map_err(|_| format!("`{text}` is not {what}"))
     }
     Ok(match field.kind() {
         Kind::Double => Value::F64(number(text, "a number")?),
@@ -87,7 +85,7 @@ fn field_value(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
             match number {
                 Some(number) => Value::EnumNumber(number),
                 None => {
-                    let names: Vec<&str> = descriptor.values().map(|v| v.name()).collect();
+                    let names: Vec<String> = descriptor.values().map(|v| v.name().to_owned()).collect();
                     return Err(format!("`{text}` is not one of {}", names.join(", ")));
                 }
             }
@@ -249,7 +247,10 @@ pub fn to_json(message: &DynamicMessage) -> Result<serde_json::Value, Status> {
 enum Rendered {
     Json(serde_json::Value),
     /// A string or bytes `response_body`, sent as is.
-    Raw { content_type: String, bytes: Vec<u8> },
+    Raw {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
 }
 
 fn render(binding: &Binding, encoded: &[u8]) -> Result<Rendered, Status> {
@@ -294,7 +295,9 @@ fn render(binding: &Binding, encoded: &[u8]) -> Result<Rendered, Status> {
         }
     }
     let json = to_json(&parent)?;
-    Ok(Rendered::Json(json.get(leaf.name()).cloned().unwrap_or(serde_json::Value::Null)))
+    Ok(Rendered::Json(
+        json.get(leaf.name()).cloned().unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// The HTTP response of a unary reply.
@@ -338,9 +341,10 @@ pub fn stream_response(binding: Binding, replies: Replies, pool: prost_reflect::
         }
     });
     let mut response = Response::new(Body::from_stream(lines.boxed()));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -372,11 +376,26 @@ mod tests {
         ];
         let body = br#"{"affinityKey": "ignored", "provider_id": "p", "endpointId": "e", "ttl": "90s"}"#;
         let message = request_message(&set, &path, Some("key_id=ignored-with-body-star"), body).unwrap();
-        assert_eq!(field(&message, "affinity_key"), Value::String("ak".into()), "the path wins");
-        assert_eq!(field(&message, "endpoint_id"), Value::String("e".into()), "camelCase accepted");
-        assert_eq!(field(&message, "key_id"), Value::String(String::new()), "no query with body *");
+        assert_eq!(
+            field(&message, "affinity_key"),
+            Value::String("ak".into()),
+            "the path wins"
+        );
+        assert_eq!(
+            field(&message, "endpoint_id"),
+            Value::String("e".into()),
+            "camelCase accepted"
+        );
+        assert_eq!(
+            field(&message, "key_id"),
+            Value::String(String::new()),
+            "no query with body *"
+        );
         let ttl = field(&message, "ttl");
-        assert_eq!(ttl.as_message().unwrap().get_field_by_name("seconds").unwrap().as_i64(), Some(90));
+        assert_eq!(
+            ttl.as_message().unwrap().get_field_by_name("seconds").unwrap().as_i64(),
+            Some(90)
+        );
 
         let unknown = request_message(&set, &path, None, br#"{"provider": "p"}"#).unwrap_err();
         assert_eq!(unknown.code(), Code::InvalidArgument);
@@ -393,7 +412,11 @@ mod tests {
         assert_eq!(field(&message, "page_size"), Value::I32(2), "limit is page_size");
         assert_eq!(field(&message, "offset"), Value::I32(4));
         let explicit = request_message(&list, &[], Some("limit=2&pageSize=7"), b"").unwrap();
-        assert_eq!(field(&explicit, "page_size"), Value::I32(7), "the field wins over its alias");
+        assert_eq!(
+            field(&explicit, "page_size"),
+            Value::I32(7),
+            "the field wins over its alias"
+        );
         let bad = request_message(&list, &[], Some("page_size=ten"), b"").unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("page_size"), "{}", bad.message());
@@ -416,7 +439,11 @@ mod tests {
             Value::List(vec![Value::EnumNumber(1), Value::EnumNumber(3)])
         );
         let bad = request_message(&watch, &[], Some("types=NOPE"), b"").unwrap_err();
-        assert!(bad.message().contains("AFFINITY_EVENT_TYPE_CREATED"), "{}", bad.message());
+        assert!(
+            bad.message().contains("AFFINITY_EVENT_TYPE_CREATED"),
+            "{}",
+            bad.message()
+        );
 
         let clear = binding("AffinityService.ClearAllAffinities");
         let message = request_message(&clear, &[], Some("confirm=true&dryRun=1"), b"").unwrap();

@@ -61,6 +61,8 @@ pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the REST/JSON shim listens (nothing there with `--http-listen off`).
+    http_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), StartError>>,
     _data_dir: tempfile::TempDir,
@@ -80,6 +82,8 @@ impl TestServer {
             "100",
             "--store-timeout-ms",
             "500",
+            "--http-listen",
+            "127.0.0.1:0",
         ];
         let token_config = tokens::config();
         argv.extend_from_slice(&["--service-tokens", &token_config]);
@@ -88,12 +92,15 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral port");
         let addr = listener.local_addr().expect("local addr");
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral HTTP port");
+        let http_addr = http_listener.local_addr().expect("local HTTP addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::serve(config, listener, async {
+        let handle = tokio::spawn(server::serve(config, listener, Some(http_listener), async {
             let _ = rx.await;
         }));
         let server = Self {
             addr,
+            http_addr,
             shutdown: Some(tx),
             handle,
             _data_dir: data_dir,
@@ -128,6 +135,11 @@ impl TestServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
+    }
+
+    /// Where the REST/JSON shim listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// A client channel to the server that sends a token with every scope.
