@@ -203,7 +203,6 @@ fn check_text(text: &str) -> Result<(), TestCaseError> {
 /// Parses a key as the handlers do; an accepted key keeps its parts and
 /// survives member / Redis key round trips.
 fn check_key(affinity_key: &str, api_format: &str, global_model_id: &str) -> Result<(), TestCaseError> {
-    if AffinityKey::parse(affinity_key, api_format, global_model_id).is_ok() { STATS_KEYOK.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
     match AffinityKey::parse(affinity_key, api_format, global_model_id) {
         Ok(key) => {
             prop_assert_eq!(&key.affinity_key, affinity_key);
@@ -380,8 +379,6 @@ macro_rules! every_request {
             $(
                 if let Ok(request) = proto::$ty::decode(bytes) {
                     decoded += 1;
-                    STATS_DECODED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if request.texts().iter().any(|t| !t.is_empty()) { STATS_TEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
                     check_request(&request)?;
                 }
             )+
@@ -871,6 +868,16 @@ proptest! {
     }
 }
 
+/// Minimal reproduction: a configured hash must be 64 hex digits, but
+/// `parse_hex` parses digit pairs with `u8::from_str_radix`, which accepts a
+/// leading `+`.
+#[test]
+#[ignore = "BUG: ServiceTokens::parse accepts a hash that is not 64 hex digits (\"+0\" x 32): u8::from_str_radix takes a leading '+', so parse_hex does not check that every character is a hex digit"]
+fn service_token_hashes_must_be_hex_digits() {
+    let config = format!("gw:read:{}", "+0".repeat(32));
+    assert!(ServiceTokens::parse(&config).is_err(), "{config:?} was accepted");
+}
+
 // ---------------------------------------------------------------------------
 // 2. Round trips: affinity keys and escaped glob patterns
 // ---------------------------------------------------------------------------
@@ -1338,7 +1345,7 @@ fn deletion_case() -> impl Strategy<Value = DeletionCase> {
         (pick(select(PROVIDERS).prop_map(String::from)), any::<bool>())
             .prop_map(|(provider, dry_run)| Destroy::ClearProvider { provider, dry_run }),
     ];
-    (prop::collection::vec((pool_key(), pool_target()), 0..=10), destroy)
+    (prop::collection::vec((pool_key(), pool_target()), 0..=12), destroy)
         .prop_map(|(writes, destroy)| DeletionCase { writes, destroy })
 }
 
@@ -1501,6 +1508,49 @@ async fn deletion_case_on(store: &Arc<dyn AffinityStore>, case: &DeletionCase) -
     outcome
 }
 
+/// Minimal reproduction of a latent store-level over-deletion (not reachable
+/// through the gRPC API today: `validate::optional_key_part` and
+/// `validate::key_part` refuse empty guard values before they reach a store).
+#[test]
+#[ignore = "BUG (latent): RedisAffinityStore treats a guard field set to \"\" as unset (INVALIDATE_SCRIPT tests ARGV == ''), so invalidate/delete_many with Some(\"\") delete an entry whose field is not \"\"; MemoryAffinityStore (InvalidationGuard::matches) refuses, and Redis's own dry run counts 0 while the real delete removes 1"]
+fn empty_guard_values_match_nothing_on_every_store() {
+    let key = AffinityKey::parse("a", "CLAUDE", "g").expect("valid key");
+    let target = AffinityTarget {
+        provider_id: "p".into(),
+        endpoint_id: "e".into(),
+        key_id: "k".into(),
+    };
+    let guard = InvalidationGuard {
+        endpoint_id: Some(String::new()),
+        ..InvalidationGuard::default()
+    };
+    let memory = MemoryAffinityStore::new();
+    runtime().block_on(async {
+        memory
+            .set(&key, &write_of(&key, &target), now_epoch())
+            .await
+            .expect("set");
+        assert_eq!(memory.invalidate(&key, &guard).await.expect("invalidate"), None);
+    });
+    with_redis(|rt, connection, _| {
+        let redis = RedisAffinityStore::new(connection, "properties", Duration::from_secs(5));
+        rt.block_on(async {
+            redis
+                .set(&key, &write_of(&key, &target), now_epoch())
+                .await
+                .expect("set");
+            let keys = [key.clone()];
+            let would = redis.delete_many(&keys, &guard, true).await.expect("dry run");
+            let deleted = redis.delete_many(&keys, &guard, false).await.expect("delete_many");
+            assert_eq!(
+                (would, deleted),
+                (0, 0),
+                "endpoint guard \"\" vs stored endpoint \"e\": dry run counted {would}, delete removed {deleted}"
+            );
+        });
+    });
+}
+
 #[test]
 fn memory_store_deletes_only_what_matches() {
     let rt = runtime();
@@ -1626,7 +1676,6 @@ async fn prefix_ops_are_literal(cache: &dyn CacheStore, case: &PrefixCase) -> Re
     }
     let prefix = case.prefix();
     let matching: BTreeSet<String> = existing.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
-    eprintln!("STAT prefix existing={} matching={}", existing.len(), matching.len());
 
     let listed: BTreeSet<String> = store_ok(cache.keys_with_prefix(&prefix, 100_000).await)?
         .into_iter()
@@ -1698,13 +1747,4 @@ fn redis_cache_prefix_ops_never_widen() {
             })?;
         });
     });
-}
-
-static STATS_DECODED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static STATS_TEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static STATS_KEYOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-#[test]
-fn zz_stats() {
-    std::thread::sleep(Duration::from_secs(8));
-    eprintln!("STAT decoded={} with_text={} keyok={}", STATS_DECODED.load(std::sync::atomic::Ordering::Relaxed), STATS_TEXT.load(std::sync::atomic::Ordering::Relaxed), STATS_KEYOK.load(std::sync::atomic::Ordering::Relaxed));
 }

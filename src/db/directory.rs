@@ -5,7 +5,7 @@
 //!
 //! Only the columns a method needs are selected (as tuples), so Aether's wider
 //! rows (JSON, timestamps) are never decoded here. Id lists are deduplicated
-//! and sent in chunks of [`CHUNK`] so no statement comes near a backend's
+//! and sent in chunks of [`crate::db::CHUNK`] so no statement comes near a backend's
 //! bind-parameter limit (SQLite 32766, PostgreSQL 65535).
 //!
 //! Keyword search is a case-insensitive substring match written as
@@ -19,26 +19,22 @@
 //! best-effort (`É` does not find `é`). A substring match cannot use a b-tree
 //! index, so [`Directory::search`] reads the searched columns in full.
 
-use std::collections::HashSet;
 
 use async_trait::async_trait;
 use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
     Value,
 };
 
 use crate::db::entities::{
     api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
 };
-use crate::db::store_error;
+use crate::db::{db_error, unique_chunks};
 use crate::domain::directory::{
     ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
 };
 use crate::error::StoreError;
-
-/// Ids per `IN (...)` query.
-const CHUNK: usize = 500;
 
 /// The `LIKE` escape character.
 const LIKE_ESCAPE: char = '\\';
@@ -57,10 +53,6 @@ impl SeaOrmDirectory {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
-}
-
-fn db_error(error: DbErr) -> StoreError {
-    store_error(&error)
 }
 
 /// The `api_keys` columns of an [`ApiKeySummary`].
@@ -82,13 +74,6 @@ fn api_key_summary((id, user_id, name, key_encrypted, is_standalone): ApiKeyRow)
         key_encrypted,
         is_standalone,
     }
-}
-
-/// `ids` without repeats (first occurrence kept), in chunks of [`CHUNK`].
-fn unique_chunks(ids: &[String]) -> Vec<Vec<String>> {
-    let mut seen = HashSet::with_capacity(ids.len());
-    let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
-    unique.chunks(CHUNK).map(<[String]>::to_vec).collect()
 }
 
 /// A `LIKE` pattern matching values that contain `keyword`, every character

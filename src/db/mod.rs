@@ -32,6 +32,21 @@ pub fn store_error(error: &DbErr) -> StoreError {
     }
 }
 
+/// [`store_error`] for `map_err` on owned errors.
+pub fn db_error(error: DbErr) -> StoreError {
+    store_error(&error)
+}
+
+/// Ids per `IN (...)` query: far below every backend's parameter limit.
+pub const CHUNK: usize = 500;
+
+/// `ids` without repeats (first occurrence kept), in chunks of [`CHUNK`].
+pub fn unique_chunks(ids: &[String]) -> Vec<Vec<String>> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
+    unique.chunks(CHUNK).map(<[String]>::to_vec).collect()
+}
+
 /// The database pool.
 #[derive(Clone)]
 pub struct DbConnection {

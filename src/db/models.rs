@@ -21,12 +21,9 @@ use sea_orm::{
 use serde_json::Value;
 
 use crate::db::entities::{global_models, models, providers};
-use crate::db::store_error;
+use crate::db::{db_error, unique_chunks};
 use crate::domain::models::{GlobalModel, GlobalModelNames, ModelCatalog, ProviderModel, ProviderNames, ServedModel};
 use crate::error::StoreError;
-
-/// Ids per `IN (...)` query.
-const CHUNK: usize = 500;
 
 /// Aether's `models` columns beyond our baseline, in Model JSON order.
 const OPTIONAL_MODEL_COLUMNS: [&str; 8] = [
@@ -65,10 +62,6 @@ impl SeaOrmModelCatalog {
     }
 }
 
-fn db_error(error: DbErr) -> StoreError {
-    store_error(&error)
-}
-
 fn global_model_columns() -> [global_models::Column; 8] {
     [
         global_models::Column::Id,
@@ -104,13 +97,6 @@ fn global_model(
         default_price_per_request,
         is_active,
     }
-}
-
-/// `ids` without repeats, in chunks of [`CHUNK`].
-fn unique_chunks(ids: &[String]) -> Vec<Vec<String>> {
-    let mut seen = HashSet::with_capacity(ids.len());
-    let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
-    unique.chunks(CHUNK).map(<[String]>::to_vec).collect()
 }
 
 /// The columns `models` has, as the query planner resolves the table name.

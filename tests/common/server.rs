@@ -82,9 +82,12 @@ impl TestServer {
             "100",
             "--store-timeout-ms",
             "500",
-            "--http-listen",
-            "127.0.0.1:0",
         ];
+        // The REST shim gets a pre-bound ephemeral port (below) unless the
+        // test configures it.
+        if !args.contains(&"--http-listen") {
+            argv.extend_from_slice(&["--http-listen", "127.0.0.1:0"]);
+        }
         let token_config = tokens::config();
         argv.extend_from_slice(&["--service-tokens", &token_config]);
         argv.extend_from_slice(args);
@@ -92,7 +95,9 @@ impl TestServer {
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral port");
         let addr = listener.local_addr().expect("local addr");
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ephemeral HTTP port");
+        let http_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ephemeral HTTP port");
         let http_addr = http_listener.local_addr().expect("local HTTP addr");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server::serve(config, listener, Some(http_listener), async {

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The Python end-to-end client suite: a stock Python gRPC client (stubs
+# generated from proto/ by grpcio-tools, right here) drives the real
+# aether-control binary over the wire.
+#
+#   scripts/python-client-tests.sh [pytest args...]     e.g. -k resolve, -x, -v
+#
+# 1. a venv in .tools/pyvenv from the pinned clients/python/requirements.txt,
+#    rebuilt only when that file (or the Python version) changes;
+# 2. stubs for proto/aether/control/v1/*.proto and google/api/{annotations,http}.proto
+#    into a temp dir;
+# 3. cargo build --bin aether-control (dev profile; cheap when up to date);
+# 4. pytest: clients/python/tests/conftest.py starts the binary on a free
+#    loopback port with a temp SQLite data dir (and a throwaway key namespace
+#    on Redis at 127.0.0.1:6379 when it answers), seeds Aether rows, and stops
+#    it at the end. The server is also stopped here, on any exit.
+#
+# Exits with pytest's code; "no tests collected" (5) is a failure too.
+#
+# Environment: PYTHON (default python3); AETHER_CONTROL_BIN to test a given
+# binary without building; AETHER_CONTROL_PY_REDIS=off for in-memory
+# affinities, or a redis:// URL that must answer (default: Redis if it answers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+PYTHON=${PYTHON:-python3}
+VENV=$ROOT/.tools/pyvenv
+REQUIREMENTS=clients/python/requirements.txt
+
+# --- Python and its venv module ---------------------------------------------
+command -v "$PYTHON" >/dev/null ||
+  die "$PYTHON is not installed: the Python client tests need Python >= 3.9 with venv (Debian: apt-get install python3 python3-venv)"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
+  die "$("$PYTHON" --version 2>&1) is too old: the Python client tests need Python >= 3.9"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
+  die "$PYTHON has no working venv module (Debian: apt-get install python3-venv)"
+
+# --- the venv, keyed on the requirements and the interpreter ----------------
+mkdir -p .tools
+stamp=$( { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'; } | sha256sum | cut -d' ' -f1)
+(
+  # One installer at a time (concurrent runs share .tools/pyvenv).
+  if command -v flock >/dev/null; then flock 9; fi
+  if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$stamp" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
+    exit 0
+  fi
+  say "creating $VENV from $REQUIREMENTS"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed (Debian: apt-get install python3-venv)"
+  # Wheels only: a missing wheel fails now instead of compiling grpcio for half an hour.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --only-binary=:all: -r "$REQUIREMENTS" ||
+    die "pip could not install $REQUIREMENTS (needs PyPI, or a pip index/find-links with those wheels)"
+  # Written last: an interrupted install is redone next time.
+  echo "$stamp" >"$VENV/.requirements.sha256"
+) 9>.tools/pyvenv.lock
+
+# --- temp dir, and the server's cleanup on any exit -------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/aether-control-pyclient.XXXXXX")
+PIDFILE=$WORK/server.pid
+cleanup() {
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null || true)
+  # Only our server: its command line names its data dir, which is under $WORK.
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$WORK/"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- stubs from proto/ ------------------------------------------------------
+STUBS=$WORK/stubs
+mkdir -p "$STUBS"
+"$VENV/bin/python" -m grpc_tools.protoc -Iproto --python_out="$STUBS" --grpc_python_out="$STUBS" \
+  proto/aether/control/v1/affinity.proto \
+  proto/aether/control/v1/model_mapping.proto \
+  proto/aether/control/v1/user.proto \
+  proto/google/api/annotations.proto \
+  proto/google/api/http.proto ||
+  die "grpc_tools.protoc could not generate the Python stubs"
+
+# --- the binary -------------------------------------------------------------
+if [ -n "${AETHER_CONTROL_BIN:-}" ]; then
+  [ -x "$AETHER_CONTROL_BIN" ] || die "AETHER_CONTROL_BIN=$AETHER_CONTROL_BIN is not an executable"
+else
+  command -v cargo >/dev/null || die "cargo is not installed (install Rust with rustup: https://rustup.rs)"
+  say "cargo build --bin aether-control"
+  cargo build --quiet --bin aether-control
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  AETHER_CONTROL_BIN=$target_dir/debug/aether-control
+  [ -x "$AETHER_CONTROL_BIN" ] || die "no binary at $AETHER_CONTROL_BIN after cargo build"
+fi
+
+# --- pytest -----------------------------------------------------------------
+say "pytest clients/python (server: $AETHER_CONTROL_BIN)"
+status=0
+(
+  cd clients/python
+  AETHER_CONTROL_BIN=$AETHER_CONTROL_BIN \
+    AETHER_CONTROL_PY_STUBS=$STUBS \
+    AETHER_CONTROL_PY_PIDFILE=$PIDFILE \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TMPDIR=$WORK \
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+) || status=$?
+case $status in
+  0) ;;
+  5) printf 'error: pytest collected no tests: that is a failure\n' >&2 ;;
+  *) printf 'error: the Python client tests failed (pytest exit code %s)\n' "$status" >&2 ;;
+esac
+exit "$status"
