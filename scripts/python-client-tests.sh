@@ -62,8 +62,16 @@ stamp=$( { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version, sys
 # --- temp dir, and the server's cleanup on any exit -------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aether-control-pyclient.XXXXXX")
 PIDFILE=$WORK/server.pid
+LEFTOVERS=$WORK/redis-leftovers
+PYTEST_PID=
 cleanup() {
   local pid
+  # Interrupted: stop pytest first (its own teardown stops the server)...
+  if [ -n "$PYTEST_PID" ] && kill -0 "$PYTEST_PID" 2>/dev/null; then
+    kill -TERM "$PYTEST_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$PYTEST_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  # ...then make sure the server is gone, whatever happened to pytest.
   pid=$(cat "$PIDFILE" 2>/dev/null || true)
   # Only our server: its command line names its data dir, which is under $WORK.
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
@@ -71,6 +79,17 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
+  fi
+  # Redis keys of a run whose pytest died before its own cleanup.
+  if [ -f "$LEFTOVERS" ]; then
+    "$VENV/bin/python" - "$LEFTOVERS" <<'PY' || true
+import sys, redis
+url, namespace = open(sys.argv[1]).read().split()
+client = redis.Redis.from_url(url, socket_timeout=5)
+keys = list(client.scan_iter(match=namespace + "*", count=500))
+for start in range(0, len(keys), 500):
+    client.delete(*keys[start:start + 500])
+PY
   fi
   rm -rf "$WORK"
 }
@@ -91,7 +110,9 @@ mkdir -p "$STUBS"
 
 # --- the binary -------------------------------------------------------------
 if [ -n "${AETHER_CONTROL_BIN:-}" ]; then
-  [ -x "$AETHER_CONTROL_BIN" ] || die "AETHER_CONTROL_BIN=$AETHER_CONTROL_BIN is not an executable"
+  [ -x "$AETHER_CONTROL_BIN" ] && [ -f "$AETHER_CONTROL_BIN" ] ||
+    die "AETHER_CONTROL_BIN=$AETHER_CONTROL_BIN is not an executable file"
+  AETHER_CONTROL_BIN=$(cd "$(dirname "$AETHER_CONTROL_BIN")" && pwd)/$(basename "$AETHER_CONTROL_BIN")
 else
   command -v cargo >/dev/null || die "cargo is not installed (install Rust with rustup: https://rustup.rs)"
   say "cargo build --bin aether-control"
@@ -104,16 +125,22 @@ fi
 
 # --- pytest -----------------------------------------------------------------
 say "pytest clients/python (server: $AETHER_CONTROL_BIN)"
-status=0
+# In the background and waited for, so a signal to this script is handled at
+# once (bash runs traps only between foreground commands).
 (
   cd clients/python
   AETHER_CONTROL_BIN=$AETHER_CONTROL_BIN \
     AETHER_CONTROL_PY_STUBS=$STUBS \
     AETHER_CONTROL_PY_PIDFILE=$PIDFILE \
+    AETHER_CONTROL_PY_LEFTOVERS=$LEFTOVERS \
     PYTHONDONTWRITEBYTECODE=1 \
     TMPDIR=$WORK \
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
-) || status=$?
+) &
+PYTEST_PID=$!
+status=0
+wait "$PYTEST_PID" || status=$?
+PYTEST_PID=
 case $status in
   0) ;;
   5) printf 'error: pytest collected no tests: that is a failure\n' >&2 ;;

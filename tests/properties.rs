@@ -22,6 +22,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -265,7 +266,7 @@ trait Request: Message + Default + PartialEq + Debug {
 }
 
 macro_rules! request {
-    ($ty:ident [$($field:ident),*] $(, |$r:ident| $parse:expr)?) => {
+    ($ty:ident { $($field:ident),* $(,)? } $(, |$r:ident| $parse:expr)?) => {
         impl Request for proto::$ty {
             #[allow(unused_mut)]
             fn texts(&self) -> Vec<&str> {
@@ -282,38 +283,65 @@ macro_rules! request {
     };
 }
 
-request!(GetAffinityRequest [affinity_key, api_format, global_model_id], |r| check_key(
-    &r.affinity_key,
-    &r.api_format,
-    &r.global_model_id
-));
-request!(SetAffinityRequest [affinity_key, api_format, global_model_id, provider_id, endpoint_id, key_id, model_name], |r| {
-    check_key(&r.affinity_key, &r.api_format, &r.global_model_id)?;
-    match convert::duration("ttl", r.ttl) {
-        Ok(Some(ttl)) => {
-            let given = r.ttl.expect("a ttl was given");
-            prop_assert_eq!(ttl, Duration::new(given.seconds as u64, given.nanos as u32));
+request!(
+    GetAffinityRequest {
+        affinity_key,
+        api_format,
+        global_model_id
+    },
+    |r| check_key(&r.affinity_key, &r.api_format, &r.global_model_id)
+);
+request!(
+    SetAffinityRequest {
+        affinity_key,
+        api_format,
+        global_model_id,
+        provider_id,
+        endpoint_id,
+        key_id,
+        model_name
+    },
+    |r| {
+        check_key(&r.affinity_key, &r.api_format, &r.global_model_id)?;
+        match convert::duration("ttl", r.ttl) {
+            Ok(Some(ttl)) => {
+                let given = r.ttl.expect("a ttl was given");
+                prop_assert_eq!(ttl, Duration::new(given.seconds as u64, given.nanos as u32));
+            }
+            Ok(None) => prop_assert!(r.ttl.is_none()),
+            Err(_) => prop_assert!(
+                r.ttl
+                    .is_some_and(|d| d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos))
+            ),
         }
-        Ok(None) => prop_assert!(r.ttl.is_none()),
-        Err(_) => prop_assert!(r.ttl.is_some_and(|d| d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos))),
+        Ok(())
     }
-    Ok(())
-});
-request!(InvalidateAffinityRequest [affinity_key, api_format, global_model_id, endpoint_id, key_id, provider_id], |r| {
-    check_key(&r.affinity_key, &r.api_format, &r.global_model_id)?;
-    for guard in [&r.endpoint_id, &r.key_id, &r.provider_id] {
-        if let Ok(Some(accepted)) = validate::optional_key_part("guard", guard.as_deref()) {
-            prop_assert_eq!(Some(&accepted), guard.as_ref());
+);
+request!(
+    InvalidateAffinityRequest {
+        affinity_key,
+        api_format,
+        global_model_id,
+        endpoint_id,
+        key_id,
+        provider_id
+    },
+    |r| {
+        check_key(&r.affinity_key, &r.api_format, &r.global_model_id)?;
+        for guard in [&r.endpoint_id, &r.key_id, &r.provider_id] {
+            if let Ok(Some(accepted)) = validate::optional_key_part("guard", guard.as_deref()) {
+                prop_assert_eq!(Some(&accepted), guard.as_ref());
+            }
         }
+        if let Ok(reason) = proto::InvalidationReason::try_from(r.reason) {
+            prop_assert_eq!(i32::from(reason), r.reason);
+        }
+        Ok(())
     }
-    if let Ok(reason) = proto::InvalidationReason::try_from(r.reason) {
-        prop_assert_eq!(i32::from(reason), r.reason);
-    }
-    Ok(())
-});
-request!(GetAffinityStatsRequest []);
-request!(ListUserAffinitiesRequest[user_identifier]);
-request!(ListAffinitiesRequest [keyword, page_token], |r| {
+);
+request!(GetAffinityStatsRequest {});
+request!(ListUserAffinitiesRequest { user_identifier });
+request!(ListAffinitiesRequest { keyword, page_token }, |r| {
     match page_size(r.page_size) {
         Ok(size) => prop_assert!(
             (r.page_size == 0 && size == DEFAULT_PAGE_SIZE)
@@ -326,31 +354,53 @@ request!(ListAffinitiesRequest [keyword, page_token], |r| {
     }
     Ok(())
 });
-request!(ClearUserAffinitiesRequest[user_identifier]);
-request!(DeleteAffinityRequest [affinity_key, endpoint_id, global_model_id, api_format], |r| check_key(
-    &r.affinity_key,
-    &r.api_format,
-    &r.global_model_id
-));
-request!(ClearAllAffinitiesRequest []);
-request!(ClearProviderAffinitiesRequest[provider_id]);
-request!(GetAffinityConfigRequest []);
-request!(ExportMetricsRequest []);
-request!(WatchAffinityEventsRequest [affinity_key, provider_id, api_format], |r| {
-    for &kind in &r.types {
-        prop_assert_eq!(convert::event_kind(kind).is_ok(), (1..=4).contains(&kind), "event type {}", kind);
+request!(ClearUserAffinitiesRequest { user_identifier });
+request!(
+    DeleteAffinityRequest {
+        affinity_key,
+        endpoint_id,
+        global_model_id,
+        api_format
+    },
+    |r| check_key(&r.affinity_key, &r.api_format, &r.global_model_id)
+);
+request!(ClearAllAffinitiesRequest {});
+request!(ClearProviderAffinitiesRequest { provider_id });
+request!(GetAffinityConfigRequest {});
+request!(ExportMetricsRequest {});
+request!(
+    WatchAffinityEventsRequest {
+        affinity_key,
+        provider_id,
+        api_format
+    },
+    |r| {
+        for &kind in &r.types {
+            prop_assert_eq!(
+                convert::event_kind(kind).is_ok(),
+                (1..=4).contains(&kind),
+                "event type {}",
+                kind
+            );
+        }
+        Ok(())
     }
-    Ok(())
+);
+request!(ResolveUserRequest { identifier });
+request!(GetUserRequest { lookup });
+request!(InvalidateUserCacheRequest { user_id, email });
+request!(ResolveModelRequest { model_name });
+request!(GetProviderModelRequest {
+    provider_id,
+    global_model_id
 });
-request!(ResolveUserRequest[identifier]);
-request!(GetUserRequest[lookup]);
-request!(InvalidateUserCacheRequest [user_id, email]);
-request!(ResolveModelRequest[model_name]);
-request!(GetProviderModelRequest [provider_id, global_model_id]);
-request!(GetModelMappingStatsRequest []);
-request!(ClearModelMappingCacheRequest []);
-request!(ClearModelMappingCacheByNameRequest[model_name]);
-request!(ClearProviderModelMappingCacheRequest [provider_id, global_model_id]);
+request!(GetModelMappingStatsRequest {});
+request!(ClearModelMappingCacheRequest {});
+request!(ClearModelMappingCacheByNameRequest { model_name });
+request!(ClearProviderModelMappingCacheRequest {
+    provider_id,
+    global_model_id
+});
 
 /// A decoded request re-encodes to a message that decodes equal, and its
 /// strings and fields go through the parsers.
@@ -530,7 +580,11 @@ proptest! {
     }
 
     #[test]
-    fn page_tokens_round_trip_and_bind_their_keyword(offset in any::<u64>(), keyword in any_text(), other in any_text()) {
+    fn page_tokens_round_trip_and_bind_their_keyword(
+        offset in any::<u64>(),
+        keyword in any_text(),
+        other in any_text(),
+    ) {
         let token = PageToken::new(offset, &keyword).encode();
         prop_assert_eq!(PageToken::decode(&token, &keyword).map(|t| t.offset).ok(), Some(offset));
         if other != keyword {
@@ -762,7 +816,10 @@ proptest! {
     }
 
     #[test]
-    fn mutated_tokens_never_verify_as_someone_else(edits in edits(), exp in prop_oneof![Just(4_102_444_800i64), any::<i64>()]) {
+    fn mutated_tokens_never_verify_as_someone_else(
+        edits in edits(),
+        exp in prop_oneof![Just(4_102_444_800i64), any::<i64>()],
+    ) {
         let verifier = JwtVerifier::new(JWT_SECRET);
         let token = common::jwt::sign(JWT_SECRET, JWT_USER, exp, "access");
         prop_assert_eq!(verifier.verify(&token, JWT_NOW).is_ok(), exp as f64 > JWT_NOW);
@@ -820,7 +877,7 @@ fn token_entry() -> impl Strategy<Value = String> {
 }
 
 /// What the parser checks of an entry it accepts (the hash only by length:
-/// see `service_token_hashes_are_strict_hex` for the digit check).
+/// see `service_token_hashes_must_be_hex_digits` for the digit check).
 fn check_token_config(config: &str) -> Result<(), TestCaseError> {
     if ServiceTokens::parse(config).is_ok() {
         for entry in config.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -869,10 +926,11 @@ proptest! {
 }
 
 /// Minimal reproduction: a configured hash must be 64 hex digits, but
-/// `parse_hex` parses digit pairs with `u8::from_str_radix`, which accepts a
-/// leading `+`.
+/// `parse_hex` (src/auth/service_tokens.rs) checks only length and ASCII and
+/// parses digit pairs with `u8::from_str_radix`, which accepts a leading `+`:
+/// `"+0"` x 32 is taken as the all-zero digest instead of being refused.
 #[test]
-#[ignore = "BUG: ServiceTokens::parse accepts a hash that is not 64 hex digits (\"+0\" x 32): u8::from_str_radix takes a leading '+', so parse_hex does not check that every character is a hex digit"]
+#[ignore = "BUG: ServiceTokens::parse accepts non-hex hashes (\"+0\" x 32): parse_hex uses u8::from_str_radix"]
 fn service_token_hashes_must_be_hex_digits() {
     let config = format!("gw:read:{}", "+0".repeat(32));
     assert!(ServiceTokens::parse(&config).is_err(), "{config:?} was accepted");
@@ -1090,7 +1148,11 @@ proptest! {
         candidates.insert(y);
         candidates.insert(x.clone());
         for candidate in &candidates {
-            prop_assert_eq!(redis_glob(exact.as_bytes(), candidate.as_bytes()), candidate == &x, "{:?} vs {:?}", x, candidate);
+            prop_assert_eq!(
+                redis_glob(exact.as_bytes(), candidate.as_bytes()),
+                candidate == &x,
+                "{:?} vs {:?}", x, candidate
+            );
             if !x.is_empty() {
                 prop_assert_eq!(
                     redis_glob(prefix.as_bytes(), candidate.as_bytes()),
@@ -1140,7 +1202,8 @@ fn escaped_patterns_match_exactly_their_text_in_redis() {
                 let _: i64 = raw.sadd(&set, members.iter().cloned().collect::<Vec<_>>()).await.expect("SADD");
                 let exact = escape_glob(&x);
                 prop_assert_eq!(sscan(raw, &set, &exact).await, BTreeSet::from([x.clone()]));
-                let starting: BTreeSet<String> = members.iter().filter(|m| m.starts_with(x.as_str())).cloned().collect();
+                let starting: BTreeSet<String> =
+                    members.iter().filter(|m| m.starts_with(x.as_str())).cloned().collect();
                 prop_assert_eq!(sscan(raw, &set, &format!("{exact}*")).await, starting);
                 // The port of Redis's matcher agrees with Redis on the raw
                 // (unescaped) pattern too, so the local property above holds
@@ -1158,10 +1221,10 @@ fn escaped_patterns_match_exactly_their_text_in_redis() {
 fn escaped_patterns_scan_exactly_their_key_in_redis() {
     with_redis(|rt, connection, raw| {
         // SCAN walks the whole database: few cases.
-        let case = std::sync::atomic::AtomicU32::new(0);
+        let case = AtomicU32::new(0);
         proptest!(config(8), |(x in pattern_text())| {
             rt.block_on(async {
-                let base = connection.key(&format!("escape-glob-keys:{}:", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+                let base = connection.key(&format!("escape-glob-keys:{}:", case.fetch_add(1, Ordering::Relaxed)));
                 let mut names = decoys(&x);
                 names.insert(x.clone());
                 for name in &names {
@@ -1508,11 +1571,16 @@ async fn deletion_case_on(store: &Arc<dyn AffinityStore>, case: &DeletionCase) -
     outcome
 }
 
-/// Minimal reproduction of a latent store-level over-deletion (not reachable
-/// through the gRPC API today: `validate::optional_key_part` and
-/// `validate::key_part` refuse empty guard values before they reach a store).
+/// Minimal reproduction of a latent store-level over-deletion, not reachable
+/// through the gRPC API today (`validate::optional_key_part` and
+/// `validate::key_part` refuse empty guard values before they reach a
+/// store): `INVALIDATE_SCRIPT` reads an empty ARGV as "no guard", so
+/// `invalidate` / `delete_many` with a guard field `Some("")` delete an entry
+/// whose field is not `""`. `MemoryAffinityStore` (`InvalidationGuard::matches`)
+/// refuses, and Redis's own dry run (which uses `matches`) counts 0 while the
+/// real delete removes 1.
 #[test]
-#[ignore = "BUG (latent): RedisAffinityStore treats a guard field set to \"\" as unset (INVALIDATE_SCRIPT tests ARGV == ''), so invalidate/delete_many with Some(\"\") delete an entry whose field is not \"\"; MemoryAffinityStore (InvalidationGuard::matches) refuses, and Redis's own dry run counts 0 while the real delete removes 1"]
+#[ignore = "BUG (latent): RedisAffinityStore treats a guard value \"\" as unset and deletes; memory refuses"]
 fn empty_guard_values_match_nothing_on_every_store() {
     let key = AffinityKey::parse("a", "CLAUDE", "g").expect("valid key");
     let target = AffinityTarget {

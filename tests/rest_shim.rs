@@ -42,7 +42,8 @@ impl Reply {
 }
 
 fn request_head(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> String {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nUser-Agent: rest-shim-test\r\n");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nUser-Agent: rest-shim-test\r\n");
     if let Some(token) = token {
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -183,7 +184,11 @@ async fn health_endpoints(addr: SocketAddr) {
             break;
         }
         assert_eq!(ready.status, 503);
-        assert!(std::time::Instant::now() < deadline, "not ready within 10 s: {}", ready.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within 10 s: {}",
+            ready.text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -222,11 +227,24 @@ async fn errors(addr: SocketAddr) {
     assert_eq!(info["reason"], "MISSING_CREDENTIAL");
     assert_eq!(info["domain"], "aether-control");
     // A read-only token may not clear: 403.
-    let reply = http(addr, "DELETE", "/api/admin/monitoring/cache?confirm=true", Some(tokens::READ), None).await;
+    let reply = http(
+        addr,
+        "DELETE",
+        "/api/admin/monitoring/cache?confirm=true",
+        Some(tokens::READ),
+        None,
+    )
+    .await;
     error_detail(&reply, 403, 7, "ErrorInfo");
 
     // A bad API format: 400 with the BadRequest naming the field.
-    let reply = call(addr, "GET", &format!("/v1/affinities/{BOB_KEY}/NOT_A_FORMAT/{MODEL}"), None).await;
+    let reply = call(
+        addr,
+        "GET",
+        &format!("/v1/affinities/{BOB_KEY}/NOT_A_FORMAT/{MODEL}"),
+        None,
+    )
+    .await;
     let bad = error_detail(&reply, 400, 3, "BadRequest");
     assert_eq!(bad["field_violations"][0]["field"], "api_format");
     // A bad query value is refused before the call, the same way.
@@ -264,7 +282,10 @@ async fn affinity_calls(addr: SocketAddr) {
     assert_eq!(affinity["affinity_key"], ALICE_KEY_1);
     assert_eq!(affinity["api_format"], "CLAUDE");
     assert_eq!(affinity["endpoint_id"], ALPHA_ENDPOINT);
-    assert_eq!(affinity["request_count"], "1", "int64 is a string in the proto3 JSON mapping");
+    assert_eq!(
+        affinity["request_count"], "1",
+        "int64 is a string in the proto3 JSON mapping"
+    );
     let lifetime = rfc3339(&affinity["expire_at"]) - rfc3339(&affinity["created_at"]);
     assert!((119..=121).contains(&lifetime.num_seconds()), "ttl 120s: {lifetime}");
     let mut names = Vec::new();
@@ -281,7 +302,13 @@ async fn affinity_calls(addr: SocketAddr) {
     assert_eq!(refreshed["affinity"]["request_count"], "2");
 
     // GET it back.
-    let reply = call(addr, "GET", &format!("/v1/affinities/{ALICE_KEY_1}/CLAUDE/{MODEL}"), None).await;
+    let reply = call(
+        addr,
+        "GET",
+        &format!("/v1/affinities/{ALICE_KEY_1}/CLAUDE/{MODEL}"),
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let got = reply.json();
@@ -294,7 +321,13 @@ async fn affinity_calls(addr: SocketAddr) {
     pin(addr, ALICE_KEY_2, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
     pin(addr, BOB_KEY, "CLAUDE", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
     let page = |query: &'static str| async move {
-        let reply = call(addr, "GET", &format!("/api/admin/monitoring/cache/affinities?{query}"), None).await;
+        let reply = call(
+            addr,
+            "GET",
+            &format!("/api/admin/monitoring/cache/affinities?{query}"),
+            None,
+        )
+        .await;
         assert_eq!(reply.status, 200, "{query}: {}", reply.text());
         reply.json()
     };
@@ -326,7 +359,13 @@ async fn affinity_calls(addr: SocketAddr) {
     assert_eq!(by_text["total_size"], 2);
 
     // The user's affinities, and the additional binding of GetUser.
-    let reply = call(addr, "GET", "/api/admin/monitoring/cache/affinity/alice%40example.com", None).await;
+    let reply = call(
+        addr,
+        "GET",
+        "/api/admin/monitoring/cache/affinity/alice%40example.com",
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let found = reply.json();
     assert_eq!(found["user"]["matched_by"], "USER_MATCH_KIND_EMAIL");
@@ -356,7 +395,9 @@ async fn affinity_calls(addr: SocketAddr) {
         text.contains("# TYPE aether_control_affinity_hits_total counter"),
         "{text}"
     );
-    let stats = call(addr, "GET", "/api/admin/monitoring/cache/stats", None).await.json();
+    let stats = call(addr, "GET", "/api/admin/monitoring/cache/stats", None)
+        .await
+        .json();
     assert_eq!(stats["stats"]["active_affinities"], "3");
     assert_eq!(stats["config"]["default_ttl"], "300s");
 
@@ -380,7 +421,11 @@ async fn event_stream(addr: SocketAddr) {
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader).await;
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"));
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v == "chunked")
+    );
     tokio::time::sleep(Duration::from_millis(200)).await; // the subscription is live
     pin(addr, ALICE_KEY_2, "GEMINI", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await; // filtered out
     pin(addr, BOB_KEY, "GEMINI", ALPHA, ALPHA_ENDPOINT, ALPHA_KEY).await;
@@ -409,7 +454,10 @@ async fn event_stream(addr: SocketAddr) {
     }
     assert_eq!(events[0]["result"]["type"], "AFFINITY_EVENT_TYPE_CREATED", "{events:?}");
     assert_eq!(events[0]["result"]["affinity"]["affinity_key"], BOB_KEY);
-    assert_eq!(events[1]["result"]["type"], "AFFINITY_EVENT_TYPE_INVALIDATED", "{events:?}");
+    assert_eq!(
+        events[1]["result"]["type"], "AFFINITY_EVENT_TYPE_INVALIDATED",
+        "{events:?}"
+    );
     assert_eq!(events[1]["result"]["reason"], "INVALIDATION_REASON_UNSPECIFIED");
     rfc3339(&events[1]["result"]["occurred_at"]);
 }

@@ -19,12 +19,10 @@
 //! best-effort (`É` does not find `é`). A substring match cannot use a b-tree
 //! index, so [`Directory::search`] reads the searched columns in full.
 
-
 use async_trait::async_trait;
 use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    Value,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Value,
 };
 
 use crate::db::entities::{

@@ -6,5 +6,6 @@ pub mod audit;
 pub mod crypto;
 pub mod directory;
 pub mod models;
+pub mod python_json;
 pub mod users;
 pub mod validate;

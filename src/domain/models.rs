@@ -4,7 +4,6 @@
 //! (§10 defect 9), and the cache-monitoring calls. The tables are reached
 //! through [`ModelCatalog`] (sea-orm in `crate::db::models`).
 
-mod json;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -119,7 +118,7 @@ pub struct GlobalModel {
 impl GlobalModel {
     /// Aether's cached JSON text.
     pub fn to_aether_json(&self) -> String {
-        json::to_python_json(self)
+        crate::domain::python_json::to_python_json(self)
     }
 }
 
@@ -180,7 +179,7 @@ pub struct NameMapping {
 impl ProviderModel {
     /// Aether's cached JSON text.
     pub fn to_aether_json(&self) -> String {
-        json::to_python_json(self)
+        crate::domain::python_json::to_python_json(self)
     }
 
     /// The usable entries of `provider_model_mappings`, by priority, read as

@@ -2,8 +2,6 @@
 //! through Aether's user cache (`user:id:{id}` / `user:email:{email}`, its
 //! JSON, 60 s), and drop those cache entries.
 
-pub mod python_json;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, Timelike};
 use serde::Deserialize;
 
-use self::python_json::{OrderedJson, isoformat, parse_isoformat, write_bool, write_float, write_str};
 use crate::domain::directory::{Directory, MatchKind, UserKey, UserMatch, UserRole, UserRow};
+use crate::domain::python_json::{OrderedJson, isoformat, parse_isoformat, write_bool, write_float, write_str};
 use crate::domain::validate::{self, MAX_IDENTIFIER_LEN};
 use crate::error::{Error, Result, StoreError, StoreKind};
 use crate::store::CacheStore;

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::context::{audited, call_context, details};
 use crate::domain::audit::Auditor;
 use crate::domain::directory::{UserKey, UserMatch, UserRole};
-use crate::domain::users::python_json::OrderedJson;
+use crate::domain::python_json::OrderedJson;
 use crate::domain::users::{self, UserEngine};
 use crate::error::Error;
 use crate::proto::get_user_request::Lookup;

@@ -137,10 +137,38 @@ async fn openapi_json(State(shim): State<Arc<Shim>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], shim.openapi.clone()).into_response()
 }
 
+/// Where a request goes.
+enum Route<'a> {
+    /// This binding, with the values of its path variables.
+    Found(&'a Binding, Vec<(String, String)>),
+    /// No template matches the path.
+    NotFound,
+    /// Templates match the path for these methods only.
+    WrongMethod(String),
+}
+
+impl Route<'_> {
+    fn error(self) -> Response {
+        match self {
+            Route::WrongMethod(allowed) => {
+                let mut response = error::plain_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Code::Unimplemented,
+                    "Method Not Allowed",
+                );
+                if let Ok(value) = HeaderValue::from_str(&allowed) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                response
+            }
+            _ => error::plain_error(StatusCode::NOT_FOUND, Code::NotFound, "Not Found"),
+        }
+    }
+}
+
 impl Shim {
-    /// The most specific binding of `method` matching `path`, with the path
-    /// values; else 404, or 405 when only other methods match.
-    fn route(&self, method: &Method, path: &str) -> Result<(&Binding, Vec<(String, String)>), Response> {
+    /// The most specific binding of `method` matching `path`.
+    fn route(&self, method: &Method, path: &str) -> Route<'_> {
         let mut best: Option<(&Binding, Vec<(String, String)>)> = None;
         let mut allowed: Vec<&str> = Vec::new();
         for binding in &self.bindings {
@@ -160,29 +188,19 @@ impl Shim {
                 best = Some((binding, values));
             }
         }
-        best.ok_or_else(|| {
-            if allowed.is_empty() {
-                error::plain_error(StatusCode::NOT_FOUND, Code::NotFound, "Not Found")
-            } else {
-                let mut response = error::plain_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Code::Unimplemented,
-                    "Method Not Allowed",
-                );
-                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
-                    response.headers_mut().insert(header::ALLOW, value);
-                }
-                response
-            }
-        })
+        match best {
+            Some((binding, values)) => Route::Found(binding, values),
+            None if allowed.is_empty() => Route::NotFound,
+            None => Route::WrongMethod(allowed.join(", ")),
+        }
     }
 }
 
 async fn transcode(State(shim): State<Arc<Shim>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let (binding, path_values) = match shim.route(&parts.method, parts.uri.path()) {
-        Ok(found) => found,
-        Err(response) => return response,
+        Route::Found(binding, values) => (binding, values),
+        other => return other.error(),
     };
     let body = if binding.body == BodyRule::None {
         Bytes::new()
@@ -227,26 +245,27 @@ mod tests {
             pool,
             openapi: Bytes::new(),
         };
-        let (binding, values) = shim.route(&Method::GET, "/v1/users:lookup").ok().unwrap();
-        assert_eq!(binding.operation_id, "UserService_GetUser2");
-        assert!(values.is_empty());
-        let (binding, _) = shim.route(&Method::GET, "/v1/users/u-1").ok().unwrap();
-        assert_eq!(binding.operation_id, "UserService_GetUser");
-        let (binding, _) = shim
-            .route(
-                &Method::DELETE,
-                "/api/admin/monitoring/cache/model-mapping/provider/p/g",
-            )
-            .ok()
-            .unwrap();
+        let found = |method: Method, path: &str| match shim.route(&method, path) {
+            Route::Found(binding, values) => (binding.operation_id.clone(), values),
+            _ => panic!("{method} {path} should be routed"),
+        };
         assert_eq!(
-            binding.operation_id,
+            found(Method::GET, "/v1/users:lookup"),
+            ("UserService_GetUser2".to_owned(), vec![])
+        );
+        assert_eq!(found(Method::GET, "/v1/users/u-1").0, "UserService_GetUser");
+        assert_eq!(
+            found(Method::DELETE, "/api/admin/monitoring/cache/model-mapping/provider/p/g").0,
             "ModelMappingService_ClearProviderModelMappingCache"
         );
-        let wrong = shim.route(&Method::POST, "/api/admin/monitoring/cache").err().unwrap();
+        assert_eq!(
+            found(Method::DELETE, "/api/admin/monitoring/cache/model-mapping/m").1,
+            [("model_name".to_owned(), "m".to_owned())]
+        );
+        let wrong = shim.route(&Method::POST, "/api/admin/monitoring/cache").error();
         assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(wrong.headers()[header::ALLOW], "DELETE");
-        let missing = shim.route(&Method::GET, "/nope").err().unwrap();
+        let missing = shim.route(&Method::GET, "/nope").error();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     }
 }

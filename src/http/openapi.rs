@@ -158,11 +158,11 @@ impl Schemas<'_> {
     }
 
     fn field(&mut self, field: &FieldDescriptor) -> Value {
-        if field.is_map() {
-            if let Kind::Message(entry) = field.kind() {
-                let value = self.field(&entry.map_entry_value_field());
-                return json!({"type": "object", "additionalProperties": value});
-            }
+        if field.is_map()
+            && let Kind::Message(entry) = field.kind()
+        {
+            let value = self.field(&entry.map_entry_value_field());
+            return json!({"type": "object", "additionalProperties": value});
         }
         let item = self.kind(&field.kind());
         if field.is_list() {

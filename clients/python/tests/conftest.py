@@ -9,12 +9,16 @@ Driven by scripts/python-client-tests.sh, which sets:
                             redis://127.0.0.1:6379/0 when it answers, else off)
   AETHER_CONTROL_PY_PIDFILE where to write the server's pid, so the script can
                             stop it even if pytest itself is killed
+  AETHER_CONTROL_PY_LEFTOVERS where to write the Redis URL and key namespace
+                            while keys may exist, so the script can delete them
+                            if pytest is killed before its own cleanup
 
 The server gets free loopback ports, a temp data dir with its SQLite file,
 random service tokens (all scopes / read only), Aether's JWT test secret, and
 on Redis a random key namespace that is deleted at the end.
 """
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -52,6 +56,7 @@ def _generate_stubs():
     from grpc_tools import protoc
 
     out = pathlib.Path(tempfile.mkdtemp(prefix="aether-control-stubs-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = pathlib.Path(protoc.__file__).parent / "_proto"
     code = protoc.main(
         [
@@ -184,6 +189,9 @@ class Server:
             args += ["--http-listen", "off"]
         if self.redis_url:
             args += ["--redis-url", self.redis_url, "--redis-namespace", self.namespace]
+            leftovers = os.environ.get("AETHER_CONTROL_PY_LEFTOVERS")
+            if leftovers:
+                pathlib.Path(leftovers).write_text(f"{self.redis_url}\n{self.namespace}\n")
         return args
 
     def start(self):
@@ -247,6 +255,9 @@ class Server:
             for start in range(0, len(keys), 500):
                 client.delete(*keys[start:start + 500])
             client.close()
+            leftovers = os.environ.get("AETHER_CONTROL_PY_LEFTOVERS")
+            if leftovers:
+                pathlib.Path(leftovers).unlink(missing_ok=True)
         self.final_log = self.log_tail(lines=200)
         shutil.rmtree(self.tmp, ignore_errors=True)
 

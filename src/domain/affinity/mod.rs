@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::python_json::{to_python_json, write_float};
 use crate::domain::validate;
 use crate::error::{Error, Result};
 
@@ -159,37 +160,11 @@ struct RecordHead<'a> {
     model_name: &'a str,
 }
 
-/// serde_json formatter that writes Python `json.dumps` separators
-/// (`", "` and `": "`), so our values are byte-identical to Aether's.
-struct PythonFormatter;
-
-impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
-        writer.write_all(b": ")
-    }
-
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
-    }
-}
-
-fn to_python_json<T: Serialize>(value: &T) -> String {
-    let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    // Serializing plain strings and numbers into a Vec cannot fail.
-    if value.serialize(&mut serializer).is_err() {
-        return String::new();
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Formats epoch seconds as Python's `repr(float)` does for such values.
 pub fn format_epoch(seconds: f64) -> String {
-    to_python_json(&seconds)
+    let mut text = String::new();
+    write_float(&mut text, seconds);
+    text
 }
 
 impl AffinityRecord {

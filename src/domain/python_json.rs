@@ -4,8 +4,10 @@
 //! object members in document order as a Python `dict` does.
 
 use std::fmt::{self, Write as _};
+use std::io::{self, Write};
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset as _, Timelike, Utc};
+use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A JSON value as Python's `json.loads` holds it: integers stay integers,
@@ -278,6 +280,61 @@ pub fn parse_isoformat(text: &str) -> Option<DateTime<FixedOffset>> {
         .map(|naive| naive.and_utc().with_timezone(&Utc.fix()))
 }
 
+/// serde_json formatter with Python `json.dumps` defaults.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_object_key<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, writer: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { writer.write_all(b", ") }
+    }
+
+    fn write_f64<W: ?Sized + Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
+        let mut text = String::new();
+        write_float(&mut text, value);
+        writer.write_all(text.as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        self.write_f64(writer, f64::from(value))
+    }
+
+    // serde_json already escapes `"`, `\` and C0 controls as Python does;
+    // `ensure_ascii` also escapes DEL and everything beyond ASCII.
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+        let mut units = [0u16; 2];
+        for c in fragment.chars() {
+            if (' '..='~').contains(&c) {
+                writer.write_all(&[c as u8])?;
+            } else {
+                for unit in c.encode_utf16(&mut units) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `value` as Python's `json.dumps(value)` text.
+pub fn to_python_json<T: Serialize>(value: &T) -> String {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    // Plain data into a Vec: serialization cannot fail, and the formatter
+    // writes ASCII only.
+    if value.serialize(&mut serializer).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -370,5 +427,30 @@ mod tests {
         let naive = parse_isoformat("2025-01-01T00:00:00.5").expect("naive");
         assert_eq!(isoformat(&naive), "2025-01-01T00:00:00.500000+00:00");
         assert!(parse_isoformat("yesterday").is_none());
+    }
+
+    #[test]
+    fn separators_and_escapes_match_json_dumps() {
+        let value = serde_json::json!({"b": [1, 2.0, null], "a": "é\u{7f}\n😀\"", "c": true});
+        // json.dumps({"a": "é\x7f\n😀\"", "b": [1, 2.0, None], "c": True})
+        assert_eq!(
+            to_python_json(&value),
+            r#"{"a": "\u00e9\u007f\n\ud83d\ude00\"", "b": [1, 2.0, null], "c": true}"#
+        );
+    }
+
+    #[test]
+    fn floats_in_json_read_like_python_repr() {
+        // Expected strings from CPython's repr(float).
+        for (value, python) in [
+            (0.00001, "1e-05"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (-0.0, "-0.0"),
+            (1735689600.123456, "1735689600.123456"),
+            (1e-310, "1e-310"),
+        ] {
+            assert_eq!(to_python_json(&value), python, "{value:e}");
+        }
     }
 }
