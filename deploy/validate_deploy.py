@@ -867,6 +867,12 @@ def check_drain(report: Report, k8s: dict, compose: dict, dockerfile: dict) -> N
                  f"maxSurge {strategy.get('maxSurge')}, maxUnavailable 0, minReadySeconds {spec.get('minReadySeconds')}: "
                  "an old pod goes only after its replacement is Ready",
                  "rolling updates need maxUnavailable 0 and minReadySeconds so capacity never drops")
+    liveness = container.get("livenessProbe", {})
+    live_window = liveness.get("periodSeconds", 10) * liveness.get("failureThreshold", 3)
+    report.check("drain/liveness during drain", live_window > grace,
+                 f"liveness needs {live_window}s of failures, longer than the {grace}s drain (the HTTP listener closes at SIGTERM)",
+                 f"liveness period x failureThreshold ({live_window}s) must exceed the drain grace ({grace}s): "
+                 "/healthz stops answering at SIGTERM, and a liveness kill would cut the drain short")
     readiness = k8s["readiness"]
     unready = readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3)
     report.check("drain/readiness after SIGTERM", unready <= sleep + grace,

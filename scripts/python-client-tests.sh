@@ -17,9 +17,11 @@
 #
 # Exits with pytest's code; "no tests collected" (5) is a failure too.
 #
-# Environment: PYTHON (default python3); AETHER_CONTROL_BIN to test a given
-# binary without building; AETHER_CONTROL_PY_REDIS=off for in-memory
-# affinities, or a redis:// URL that must answer (default: Redis if it answers).
+# Environment: PYTHON (default python3); AETHER_CONTROL_PY_VENV (default
+# .tools/pyvenv); AETHER_CONTROL_BIN to test a given binary without building;
+# AETHER_CONTROL_PY_REDIS=off for in-memory affinities, or a redis:// URL that
+# must answer (default: AETHER_CONTROL_TEST_REDIS_URL or 127.0.0.1:6379 if it
+# answers, else in-memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,20 +30,25 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 PYTHON=${PYTHON:-python3}
-VENV=$ROOT/.tools/pyvenv
+# CI can keep the venv outside its fresh clone, as it does the cargo target dir.
+VENV=${AETHER_CONTROL_PY_VENV:-$ROOT/.tools/pyvenv}
 REQUIREMENTS=clients/python/requirements.txt
 
 # --- Python and its venv module ---------------------------------------------
 command -v "$PYTHON" >/dev/null ||
-  die "$PYTHON is not installed: the Python client tests need Python >= 3.9 with venv (Debian: apt-get install python3 python3-venv)"
+  die "$PYTHON is not installed: the Python client tests need Python >= 3.9 with venv" \
+    "(Debian: apt-get install python3 python3-venv)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
   die "$("$PYTHON" --version 2>&1) is too old: the Python client tests need Python >= 3.9"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
   die "$PYTHON has no working venv module (Debian: apt-get install python3-venv)"
 
 # --- the venv, keyed on the requirements and the interpreter ----------------
-mkdir -p .tools
-stamp=$( { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'; } | sha256sum | cut -d' ' -f1)
+mkdir -p "$(dirname "$VENV")"
+stamp=$( {
+  cat "$REQUIREMENTS"
+  "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'
+} | sha256sum | cut -d' ' -f1)
 (
   # One installer at a time (concurrent runs share .tools/pyvenv).
   if command -v flock >/dev/null; then flock 9; fi
@@ -57,7 +64,7 @@ stamp=$( { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys; print(sys.version, sys
     die "pip could not install $REQUIREMENTS (needs PyPI, or a pip index/find-links with those wheels)"
   # Written last: an interrupted install is redone next time.
   echo "$stamp" >"$VENV/.requirements.sha256"
-) 9>.tools/pyvenv.lock
+) 9>"$VENV.lock"
 
 # --- temp dir, and the server's cleanup on any exit -------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aether-control-pyclient.XXXXXX")

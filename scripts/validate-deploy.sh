@@ -14,12 +14,12 @@
 #     JSON schemas, 1.25 to 1.37, offline) and check-jsonschema (the
 #     compose-spec schema), from PyPI;
 #   - promtool, unpacked from Debian's `prometheus` package with
-#     `apt-get download` (nothing is installed system-wide; as root the apt
-#     lists are refreshed first if the download fails).
-# Used when present: kubectl (`kubectl kustomize`) or kustomize, docker
-# compose (`docker compose config`, no engine needed), kubeconform is not
-# used (not packaged for Debian, PyPI or npm; kubernetes-validate checks the
-# same upstream schemas).
+#     `apt-get download` (nothing is installed system-wide; if the download
+#     fails and this runs as root, the apt lists are refreshed and it retries).
+# Used when present: kubectl (`kubectl kustomize`) or kustomize, and docker
+# compose (`docker compose config`, which needs no engine). kubeconform is not
+# used: it is not packaged for Debian, PyPI or npm, and kubernetes-validate
+# checks the same upstream schemas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +32,7 @@ for arg in "$@"; do
     case $arg in
         --strict-tools | --no-cargo) checker_args+=("$arg") ;;
         --no-install) install=0 ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "validate-deploy: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done

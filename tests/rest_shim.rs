@@ -92,12 +92,14 @@ async fn read_chunk(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
 }
 
 async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    send(addr, &request_head(method, path, token, body)).await
+}
+
+/// Sends a raw HTTP/1.1 request and reads the whole response.
+async fn send(addr: SocketAddr, request: &str) -> Reply {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to the REST port");
-        stream
-            .write_all(request_head(method, path, token, body).as_bytes())
-            .await
-            .expect("send");
+        stream.write_all(request.as_bytes()).await.expect("send");
         let mut reader = BufReader::new(stream);
         let (status, headers) = read_head(&mut reader).await;
         let chunked = headers
@@ -115,7 +117,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
     };
     tokio::time::timeout(Duration::from_secs(15), exchange)
         .await
-        .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+        .unwrap_or_else(|_| panic!("{} timed out", request.lines().next().unwrap_or_default()))
 }
 
 /// An authenticated call with every scope.
@@ -226,6 +228,23 @@ async fn errors(addr: SocketAddr) {
     let info = error_detail(&reply, 401, 16, "ErrorInfo");
     assert_eq!(info["reason"], "MISSING_CREDENTIAL");
     assert_eq!(info["domain"], "aether-control");
+    // The request id goes through as gRPC metadata and comes back, on errors too.
+    let with_id = |token: &str| {
+        format!(
+            "GET /api/admin/monitoring/cache/config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             X-Request-Id: rest-test-42\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+    };
+    let reply = send(addr, &with_id(tokens::ALL)).await;
+    assert_eq!(
+        (reply.status, reply.header("x-request-id")),
+        (200, Some("rest-test-42"))
+    );
+    let reply = send(addr, &with_id("wrong")).await;
+    assert_eq!(
+        (reply.status, reply.header("x-request-id")),
+        (401, Some("rest-test-42"))
+    );
     // A read-only token may not clear: 403.
     let reply = http(
         addr,

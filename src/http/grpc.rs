@@ -33,8 +33,11 @@ where
     )
 }
 
+/// The request id header, echoed back to HTTP callers.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// HTTP headers passed on as gRPC metadata.
-const FORWARDED_HEADERS: [&str; 3] = ["authorization", "x-request-id", "user-agent"];
+const FORWARDED_HEADERS: [&str; 3] = ["authorization", REQUEST_ID, "user-agent"];
 
 /// Length prefix of a gRPC message: compressed flag + big-endian length.
 const PREFIX_LEN: usize = 5;
@@ -75,7 +78,9 @@ pub async fn call(service: &GrpcService, path: &str, message: &[u8], headers: &H
         return Err(Status::unknown(format!("gRPC answered HTTP {}", response.status())));
     }
     let (parts, body) = response.into_parts();
-    // Trailers-only response: the status is in the headers.
+    let request_id = parts.headers.get(REQUEST_ID).cloned();
+    // Trailers-only response: the status is in the headers (and the request
+    // id in the status metadata).
     if let Some(status) = Status::from_header_map(&parts.headers) {
         if status.code() != Code::Ok {
             return Err(status);
@@ -84,13 +89,21 @@ pub async fn call(service: &GrpcService, path: &str, message: &[u8], headers: &H
             body,
             buffer: BytesMut::new(),
             finished: true,
+            request_id,
         });
     }
     Ok(Replies {
         body,
         buffer: BytesMut::new(),
         finished: false,
+        request_id,
     })
+}
+
+/// The request id the gRPC stack answered with, as a header value.
+pub fn status_request_id(status: &Status) -> Option<HeaderValue> {
+    let value = status.metadata().get(REQUEST_ID)?;
+    HeaderValue::from_bytes(value.as_encoded_bytes()).ok()
 }
 
 /// The reply messages of a call, then its status.
@@ -98,9 +111,15 @@ pub struct Replies {
     body: tonic::body::Body,
     buffer: BytesMut,
     finished: bool,
+    request_id: Option<HeaderValue>,
 }
 
 impl Replies {
+    /// The request id the gRPC stack answered with.
+    pub fn request_id(&self) -> Option<&HeaderValue> {
+        self.request_id.as_ref()
+    }
+
     /// The next encoded reply message; None after an OK status; the status
     /// when it is not OK.
     pub async fn next(&mut self) -> Result<Option<Bytes>, Status> {
@@ -192,6 +211,7 @@ mod tests {
             body: tonic::body::Body::empty(),
             buffer: data,
             finished: true,
+            request_id: None,
         };
         assert_eq!(replies.next().await.unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(replies.next().await.unwrap().as_deref(), Some(&b"two"[..]));

@@ -216,16 +216,25 @@ async fn transcode(State(shim): State<Arc<Shim>>, request: Request) -> Response 
             }
         }
     };
+    let mut request_id = None;
     let result = async {
         let message = transcode::request_message(binding, &path_values, parts.uri.query(), &body)?;
         let replies = grpc::call(&shim.grpc, &binding.grpc_path, &message.encode_to_vec(), &parts.headers).await?;
+        request_id = replies.request_id().cloned();
         if binding.method.is_server_streaming() {
             return Ok(transcode::stream_response(binding.clone(), replies, shim.pool.clone()));
         }
         transcode::unary_response(binding, &replies.single().await?)
     }
     .await;
-    result.unwrap_or_else(|status| error::status_response(&status, &shim.pool))
+    let mut response = result.unwrap_or_else(|status| {
+        request_id = request_id.take().or_else(|| grpc::status_request_id(&status));
+        error::status_response(&status, &shim.pool)
+    });
+    if let Some(id) = request_id {
+        response.headers_mut().insert(grpc::REQUEST_ID, id);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ on Redis a random key namespace that is deleted at the end.
 
 import atexit
 import ctypes
+import functools
 import hashlib
 import os
 import pathlib
@@ -104,20 +105,32 @@ def _binary():
     return path
 
 
+@functools.lru_cache(maxsize=None)
 def _redis_url():
-    choice = os.environ.get("AETHER_CONTROL_PY_REDIS", "")
+    """The Redis to use, or None for in-memory affinities (decided once)."""
+    choice = os.environ.get("AETHER_CONTROL_PY_REDIS") or os.environ.get("AETHER_CONTROL_TEST_REDIS_URL") or ""
     if choice.lower() == "off":
         return None
-    url = choice or os.environ.get("AETHER_CONTROL_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = choice or "redis://127.0.0.1:6379/0"
+    if not url.startswith(("redis://", "rediss://")):
+        pytest.exit(f"the Python client tests need a redis:// or rediss:// URL, not {url!r}", returncode=2)
     import redis
 
     try:
-        redis.Redis.from_url(url, socket_timeout=2).ping()
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        client.ping()
+        client.close()
     except redis.RedisError as error:
         if choice:  # asked for explicitly: a failure, not a fallback
             pytest.exit(f"Redis at {url} does not answer: {error}", returncode=2)
         return None
     return url
+
+
+def pytest_report_header(config):
+    url = _redis_url()
+    where = f"Redis {url}, a throwaway key namespace" if url else "memory (no Redis answered)"
+    return f"aether-control {_binary()}: SQLite in a temp dir, affinities in {where}"
 
 
 def _die_with_parent():
@@ -240,13 +253,18 @@ class Server:
         return "\n".join(text.splitlines()[-lines:]) or "(no log)"
 
     def stop(self):
+        """SIGTERM, as an orchestrator stops it; returns the drain problem, if any."""
+        problem = None
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                code = self.process.wait(timeout=15)
+                if code != 0:
+                    problem = f"aether-control exited with {code} after SIGTERM"
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+                problem = "aether-control did not stop within 15 s of SIGTERM"
         if self.redis_url and self.namespace:
             import redis
 
@@ -260,6 +278,7 @@ class Server:
                 pathlib.Path(leftovers).unlink(missing_ok=True)
         self.final_log = self.log_tail(lines=200)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        return problem
 
 
 _SERVER = None
@@ -275,7 +294,9 @@ def server():
         world.seed(server.database)
         yield server
     finally:
-        server.stop()
+        problem = server.stop()
+    # Reported as an error at teardown: the drain on SIGTERM is part of the contract.
+    assert problem is None, f"{problem}; log:\n{server.log_tail()}"
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,9 @@ def test_list_affinities_pages_and_keywords(affinities):
     assert total(affinities, "LAPTOP") == 2, "API key name substring"
     assert total(affinities, "*") == 0, "glob characters are plain text"
 
-    failure = fails(grpc.StatusCode.INVALID_ARGUMENT, affinities.ListAffinities, pb.ListAffinitiesRequest(page_size=1001))
+    failure = fails(
+        grpc.StatusCode.INVALID_ARGUMENT, affinities.ListAffinities, pb.ListAffinitiesRequest(page_size=1001)
+    )
     assert failure.bad_request.field_violations[0].field == "page_size"
     failure = fails(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -257,7 +259,9 @@ def test_delete_one_needs_its_endpoint(affinities):
 
 def test_clear_provider(affinities):
     pin_world(affinities)
-    dry = affinities.ClearProviderAffinities(pb.ClearProviderAffinitiesRequest(provider_id=world.ALPHA, dry_run=True))
+    dry = affinities.ClearProviderAffinities(
+        pb.ClearProviderAffinitiesRequest(provider_id=world.ALPHA, dry_run=True)
+    )
     assert dry.deleted_count == 3 and total(affinities) == 4
     real = affinities.ClearProviderAffinities(pb.ClearProviderAffinitiesRequest(provider_id=world.ALPHA))
     assert real.deleted_count == 3
@@ -307,12 +311,15 @@ def test_stats_config_and_metrics(server, affinities):
     text = metrics.text
     assert "# TYPE aether_control_affinity_hits_total counter" in text
     assert f"\naether_control_affinity_hits_total {stats.cache_hits}\n" in text
-    counters = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ") and line.endswith(" counter")]
+    counters = [
+        line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ") and line.endswith(" counter")
+    ]
     assert len(counters) >= 3, counters
 
 
-def test_watch_events_streams_set_switch_invalidate(channel, server, affinities):
-    stream = affinities.WatchAffinityEvents(pb.WatchAffinityEventsRequest(affinity_key=world.BOB_KEY), timeout=8)
+def test_watch_events_streams_set_switch_invalidate(affinities):
+    request = pb.WatchAffinityEventsRequest(affinity_key=world.BOB_KEY)
+    stream = affinities.WatchAffinityEvents(request, timeout=8)
     try:
         time.sleep(0.3)  # the subscription is live
         pin(affinities, world.ALICE_KEY_1, "CLAUDE", world.ALPHA, world.ALPHA_ENDPOINT, world.ALPHA_KEY)  # filtered

@@ -56,7 +56,8 @@ def test_resolve_user_is_case_sensitive_and_not_found(users):
 
 @pytest.mark.parametrize("identifier", ["", "   ", "x" * 256])
 def test_resolve_user_rejects_bad_identifiers(users, identifier):
-    failure = fails(grpc.StatusCode.INVALID_ARGUMENT, users.ResolveUser, pb.ResolveUserRequest(identifier=identifier))
+    request = pb.ResolveUserRequest(identifier=identifier)
+    failure = fails(grpc.StatusCode.INVALID_ARGUMENT, users.ResolveUser, request)
     assert [v.field for v in failure.bad_request.field_violations] == ["identifier"]
 
 
