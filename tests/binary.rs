@@ -37,7 +37,7 @@ fn command() -> Command {
 async fn embedded_default_serves_reflection_and_stops_on_sigterm() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut child = command()
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir.path())
         .stderr(Stdio::piped())
         .spawn()

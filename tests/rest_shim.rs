@@ -414,6 +414,13 @@ async fn affinity_calls(addr: SocketAddr) {
         text.contains("# TYPE aether_control_affinity_hits_total counter"),
         "{text}"
     );
+    // The conventional scrape path serves the same exposition.
+    let scrape = call(addr, "GET", "/metrics", None).await;
+    assert_eq!(
+        (scrape.status, scrape.header("content-type")),
+        (200, Some("text/plain; version=0.0.4; charset=utf-8"))
+    );
+    assert!(scrape.text().contains("# TYPE rpc_server_requests_total counter"));
     let stats = call(addr, "GET", "/api/admin/monitoring/cache/stats", None)
         .await
         .json();
