@@ -16,7 +16,9 @@
 //!    and scans under a namespace with glob characters (`a*:`) never reach a
 //!    sibling namespace (`ab:`).
 //!
-//! Two `#[ignore = "BUG: ..."]` tests reproduce defects found on the way.
+//! Two tests reproduce defects found on the way (non-hex token hashes were
+//! accepted; an empty guard value was treated as no guard on Redis); both are
+//! fixed and stay as regression tests.
 //!
 //! Case counts are explicit per property (`PROPTEST_CASES` overrides them
 //! all for a longer run). Failures are not persisted to files.
@@ -939,12 +941,11 @@ proptest! {
     }
 }
 
-/// Minimal reproduction: a configured hash must be 64 hex digits, but
+/// Regression (fixed): a configured hash must be 64 hex digits, but
 /// `parse_hex` (src/auth/service_tokens.rs) checks only length and ASCII and
 /// parses digit pairs with `u8::from_str_radix`, which accepts a leading `+`:
 /// `"+0"` x 32 is taken as the all-zero digest instead of being refused.
 #[test]
-#[ignore = "BUG: ServiceTokens::parse accepts non-hex hashes (\"+0\" x 32): parse_hex uses u8::from_str_radix"]
 fn service_token_hashes_must_be_hex_digits() {
     let config = format!("gw:read:{}", "+0".repeat(32));
     assert!(ServiceTokens::parse(&config).is_err(), "{config:?} was accepted");
@@ -1586,7 +1587,7 @@ async fn deletion_case_on(store: &Arc<dyn AffinityStore>, case: &DeletionCase) -
     outcome
 }
 
-/// Minimal reproduction of a latent store-level over-deletion, not reachable
+/// Regression (fixed) for a latent store-level over-deletion, not reachable
 /// through the gRPC API today (`validate::optional_key_part` and
 /// `validate::key_part` refuse empty guard values before they reach a
 /// store): `INVALIDATE_SCRIPT` reads an empty ARGV as "no guard", so
@@ -1595,7 +1596,6 @@ async fn deletion_case_on(store: &Arc<dyn AffinityStore>, case: &DeletionCase) -
 /// refuses, and Redis's own dry run (which uses `matches`) counts 0 while the
 /// real delete removes 1.
 #[test]
-#[ignore = "BUG (latent): RedisAffinityStore treats a guard value \"\" as unset and deletes; memory refuses"]
 fn empty_guard_values_match_nothing_on_every_store() {
     let key = AffinityKey::parse("a", "CLAUDE", "g").expect("valid key");
     let target = AffinityTarget {

@@ -61,8 +61,10 @@ redis.call('SET', KEYS[1], value, 'EX', ARGV[4])
 return {outcome, value, old or ''}
 "#;
 
-/// Deletes the key when every non-empty guard (endpoint, key, provider)
-/// equals the stored field; returns the deleted value or nil.
+/// Deletes the key when every guard (endpoint, key, provider) that is set
+/// equals the stored field; returns the deleted value or nil. A set guard
+/// arrives as `=value` (so even `=` for an empty value is a guard), an unset
+/// one as an empty string.
 const INVALIDATE_SCRIPT: &str = r#"
 local old = redis.call('GET', KEYS[1])
 if not old then return false end
@@ -74,8 +76,10 @@ if not ok or type(v) ~= 'table' then
   end
   return false
 end
-if (ARGV[1] ~= '' and v.endpoint_id ~= ARGV[1]) or (ARGV[2] ~= '' and v.key_id ~= ARGV[2])
-  or (ARGV[3] ~= '' and v.provider_id ~= ARGV[3]) then
+local function differs(guard, actual)
+  return guard ~= '' and actual ~= string.sub(guard, 2)
+end
+if differs(ARGV[1], v.endpoint_id) or differs(ARGV[2], v.key_id) or differs(ARGV[3], v.provider_id) then
   return false
 end
 redis.call('DEL', KEYS[1])
@@ -375,7 +379,7 @@ impl RedisAffinityStore {
 
     /// Runs the guarded-delete script on one entry.
     async fn delete_guarded(&self, key: &AffinityKey, guard: &InvalidationGuard) -> Result<Option<String>, StoreError> {
-        let guard_arg = |g: &Option<String>| g.clone().unwrap_or_default();
+        let guard_arg = |g: &Option<String>| g.as_ref().map(|value| format!("={value}")).unwrap_or_default();
         let args = vec![
             guard_arg(&guard.endpoint_id),
             guard_arg(&guard.key_id),
