@@ -996,6 +996,12 @@ def check_prometheus(report: Report, docs: dict, promtool: str | None) -> None:
             config = (docs.get(config_file) or [{}])[0]
             for name in config.get("rule_files", []):
                 shutil.copy(PROM / name, Path(tmp) / name)
+            # promtool opens credential files: point them at a stand-in.
+            for job in config.get("scrape_configs", []):
+                for key in ("authorization", "oauth2"):
+                    if isinstance(job.get(key), dict) and "credentials_file" in job[key]:
+                        Path(tmp, "credentials").write_text("stand-in\n")
+                        job[key]["credentials_file"] = str(Path(tmp, "credentials"))
             Path(tmp, "prometheus.yml").write_text(yaml.safe_dump(config))
             code, out = run([promtool, "check", "config", str(Path(tmp, "prometheus.yml"))])
             swapped = False
@@ -1015,6 +1021,15 @@ def check_prometheus(report: Report, docs: dict, promtool: str | None) -> None:
                                 "(Debian's build) has no Kubernetes discovery, so it was swapped for static_configs")
             else:
                 report.fail("prometheus/promtool check config", tail(out))
+    # /metrics, like every call but health, needs a read-scope bearer token.
+    config = (docs.get(config_file) or [{}])[0] if config_file.exists() else {}
+    jobs = {job.get("job_name"): job for job in config.get("scrape_configs", [])}
+    job = jobs.get("aether-control", {})
+    auth = job.get("authorization", {})
+    report.check("prometheus/scrape job", bool(job) and (auth.get("credentials_file") or auth.get("credentials")
+                                                        or job.get("bearer_token_file")),
+                 "job aether-control (the name the alerts use) sends a bearer token",
+                 "prometheus.yml needs a scrape job named aether-control with an authorization credential: /metrics answers 401 without one")
     # The dashboard's PromQL, parsed by promtool as recording rules.
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = dashboard_exprs(dashboard)

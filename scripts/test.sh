@@ -26,6 +26,9 @@ say "buf lint (proto contract, STANDARD rules) and buf breaking (against the rel
 scripts/buf.sh lint
 scripts/buf.sh breaking --against api/aether-control-v1.binpb
 
+say "deploy/ manifests (YAML/JSON, Kubernetes schemas, promtool, Dockerfile checks)"
+scripts/validate-deploy.sh
+
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
