@@ -17,7 +17,7 @@ AETHER_CONTROL_TEST_RUN_ID=$(printf '%x' "$(( $$ ^ $(date +%s) ))")
 trap 'cleanup_test_data "$AETHER_CONTROL_TEST_RUN_ID"' EXIT
 # The service's own variables must not leak into tests from the caller.
 unset REDIS_URL DATABASE_URL JWT_SECRET_KEY ENCRYPTION_KEY ENVIRONMENT
-unset $(env | grep -o '^AETHER_CONTROL_[A-Z_]*' | grep -v -e '^AETHER_CONTROL_TEST_' -e '^AETHER_CONTROL_PY_' || true)
+unset $(env | grep -o '^AETHER_CONTROL_[A-Z_]*' | grep -v -e '^AETHER_CONTROL_TEST_' -e '^AETHER_CONTROL_PY_' -e '^AETHER_CONTROL_ST_' || true)
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -34,6 +34,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 say "cargo test"
 cargo test --workspace 2>&1
+
+say "REST shim against its own OpenAPI document (schemathesis, bounded)"
+scripts/schemathesis.sh
 
 say "Python client (generated grpcio stubs against the real binary)"
 scripts/python-client-tests.sh

@@ -251,7 +251,9 @@ fn operation(binding: &Binding, schemas: &mut Schemas<'_>, status: &Value) -> Va
             } else {
                 schemas.object(&input, &top)
             };
-            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+            // As grpc-gateway, an absent body is an empty message (every proto3
+            // field is optional on the wire), so the body is not required.
+            operation["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema}}});
         }
         BodyRule::Field(path) => {
             if let Some(fields) = resolve_field_path(&input, path) {
@@ -259,7 +261,7 @@ fn operation(binding: &Binding, schemas: &mut Schemas<'_>, status: &Value) -> Va
                 if let Some(leaf) = fields.last() {
                     let schema = schemas.field(leaf);
                     operation["requestBody"] =
-                        json!({"required": true, "content": {"application/json": {"schema": schema}}});
+                        json!({"required": false, "content": {"application/json": {"schema": schema}}});
                 }
             }
         }
