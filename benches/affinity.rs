@@ -5,13 +5,18 @@
 //! ```text
 //! cargo bench --bench affinity                      # 1000,10000,100000,1000000
 //! cargo bench --bench affinity -- 1000,10000        # chosen sizes
-//! AETHER_CONTROL_BENCH_REDIS_URL=redis://host:6379/0 cargo bench --bench affinity
+//! AETHER_CONTROL_BENCH_REDIS_URL=redis://127.0.0.1:6379/15 cargo bench --bench affinity
 //! ```
 //!
 //! Sizes come from the first argument that is not a flag, else
-//! `AETHER_CONTROL_BENCH_SIZES`, else the default. Every key lives under
-//! `actl_bench_<pid>_<N>:` and is deleted at the end (SCAN + UNLINK), also on
-//! error or Ctrl-C. Progress goes to stderr, the Markdown report to stdout.
+//! `AETHER_CONTROL_BENCH_SIZES`, else the default. The Redis URL defaults to
+//! `redis://127.0.0.1:6379/0`; on a shared Redis pick an unused database, so
+//! other users' SCANs do not walk the million keys (and theirs not ours).
+//! Every key lives under `actl_bench_<pid>_<N>:` and is deleted at the end
+//! (SCAN + UNLINK), also on error or Ctrl-C. For the run, the server-wide
+//! `slowlog-log-slower-than` and `latency-monitor-threshold` are set to
+//! 10 ms and then put back. Progress goes to stderr, the Markdown report to
+//! stdout.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -473,7 +478,8 @@ fn parse_commandstats(info: &str) -> BTreeMap<String, (u64, u64)> {
                     .split(',')
                     .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
             };
-            Some((name.to_uppercase(), (field("calls")?, field("usec")?)))
+            // Subcommands come as `client|id`; a `|` would split a Markdown cell.
+            Some((name.to_uppercase().replace('|', " "), (field("calls")?, field("usec")?)))
         })
         .collect()
 }
@@ -627,12 +633,14 @@ const SET: &str = "SetAffinity (refresh)";
 const LIST_USER: &str = "ListUserAffinities (by username)";
 const PAGE_FIRST: &str = "ListAffinities, first page of 100";
 const PAGE_DEEP: &str = "ListAffinities, page of 100 at offset N/2";
+const PAGE_STORE: &str = "  part: store page of 100 at offset N/2 (Redis)";
+const PAGE_ENRICH: &str = "  part: enrich a page of 100 (SQLite, 6 queries + decrypt/mask)";
 const LIST_KEYWORD: &str = "ListAffinities, keyword = username";
 const CLEAR_USER_DRY: &str = "ClearUserAffinities dry_run";
 const CLEAR_USER: &str = "ClearUserAffinities (real, 40 entries)";
 const DIR_KEYS_OF_USER: &str = "  part: directory api_keys_of_user (SQLite)";
 const STORE_USER_INDEXES: &str = "  part: store list_indexed, 2 key indexes (Redis)";
-const RESOLVE_USER: &str = "  part: resolve_user (SQLite, 4 queries)";
+const RESOLVE_USER: &str = "  part: resolve_user (SQLite, 3 queries)";
 const ENRICH_USER: &str = "  part: enrich 40 entries (SQLite, 6 queries + decrypt/mask)";
 const LIST_USER_INDEXED: &str = "ListUserAffinities, with an index on api_keys.user_id (experiment)";
 const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, with that index (experiment)";
@@ -646,6 +654,8 @@ const FLAT_CALLS: &[&str] = &[
     LIST_USER,
     PAGE_FIRST,
     PAGE_DEEP,
+    PAGE_STORE,
+    PAGE_ENRICH,
     LIST_KEYWORD,
     CLEAR_USER_DRY,
     CLEAR_USER,
@@ -875,6 +885,36 @@ async fn measure_size(
         calls.push((label, stat));
     }
 
+    // Where a page spends its time: Redis (rank range + MGET), then names.
+    let stat = measure(PAGE_STORE, 30, 300, Duration::from_secs(20), || async move {
+        let started = Instant::now();
+        let page = store.page((n / 2) as u64, 100, now_epoch()).await?;
+        let elapsed = started.elapsed();
+        ensure(page.affinities.len() == (n - n / 2).min(100), || {
+            format!("store page: {}", page.affinities.len())
+        })?;
+        Ok(elapsed)
+    })
+    .await?;
+    calls.push((PAGE_STORE, stat));
+    let cipher = &cipher;
+    let stat = measure(PAGE_ENRICH, 30, 300, Duration::from_secs(20), || {
+        let offset = rng.below(n - 99) as u64;
+        async move {
+            let page = store.page(offset, 100, now_epoch()).await?;
+            let started = Instant::now();
+            let details = listing::enrich(directory.as_ref(), cipher, page.affinities).await?;
+            let elapsed = started.elapsed();
+            ensure(
+                details.len() == 100 && details.iter().all(|d| d.username.is_some()),
+                || format!("page at {offset}: enrichment incomplete"),
+            )?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((PAGE_ENRICH, stat));
+
     let stat = measure(LIST_KEYWORD, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
         async move {
@@ -959,7 +999,6 @@ async fn measure_size(
     .await?;
     calls.push((RESOLVE_USER, stat));
 
-    let cipher = &cipher;
     let stat = measure(ENRICH_USER, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
         async move {
