@@ -642,8 +642,8 @@ const DIR_KEYS_OF_USER: &str = "  part: directory api_keys_of_user (SQLite)";
 const STORE_USER_INDEXES: &str = "  part: store list_indexed, 2 key indexes (Redis)";
 const RESOLVE_USER: &str = "  part: resolve_user (SQLite, 3 queries)";
 const ENRICH_USER: &str = "  part: enrich 40 entries (SQLite, 6 queries + decrypt/mask)";
-const LIST_USER_INDEXED: &str = "ListUserAffinities, with an index on api_keys.user_id (experiment)";
-const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, with that index (experiment)";
+const LIST_USER_INDEXED: &str = "ListUserAffinities, api_keys.user_id surely indexed";
+const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, api_keys.user_id surely indexed";
 const CLEAR_PROVIDER_DRY: &str = "ClearProviderAffinities dry_run (N/10 entries)";
 const CLEAR_ALL: &str = "ClearAllAffinities (confirm), end to end";
 
@@ -1068,11 +1068,12 @@ async fn measure_size(
     .await?;
     calls.push((CLEAR_USER, stat));
 
-    // What an index on api_keys.user_id would give (the schema has none;
-    // see docs/BENCHMARKS.md). Measured last so nothing above sees it.
+    // The per-user rows again with `ix_api_keys_user_id` in place: a no-op
+    // where the migration created it, the fix's effect where it did not
+    // (an Aether database without it). Measured last so nothing above sees it.
     database
         .connection()
-        .execute_unprepared("CREATE INDEX ix_bench_api_keys_user_id ON api_keys (user_id)")
+        .execute_unprepared("CREATE INDEX IF NOT EXISTS ix_api_keys_user_id ON api_keys (user_id)")
         .await?;
     let stat = measure(LIST_USER_INDEXED, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
