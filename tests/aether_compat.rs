@@ -96,7 +96,7 @@ async fn entries_aether_wrote_are_indexed_by_the_reconciler_and_cleared() {
     let namespace = common::redis::namespace();
     let redis = common::redis::client().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&[
         "--database-url",
         &url,

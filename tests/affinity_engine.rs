@@ -442,7 +442,7 @@ async fn full_suite(channel: AuthedChannel) {
 #[tokio::test]
 async fn embedded_default_serves_every_affinity_call() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url]).await;
     fixtures::seed(&url).await;
     full_suite(server.channel().await).await;
@@ -451,24 +451,12 @@ async fn embedded_default_serves_every_affinity_call() {
 
 #[tokio::test]
 async fn redis_and_postgres_serve_every_affinity_call() {
-    let database = common::pg::TestDatabase::create().await;
-    let namespace = common::redis::namespace();
-    let server = TestServer::start(&[
-        "--database-url",
-        &database.url,
-        "--db-migrate",
-        "always",
-        "--redis-url",
-        &common::redis::url(),
-        "--redis-namespace",
-        &namespace,
-    ])
-    .await;
-    fixtures::seed(&database.url).await;
+    let stores = common::stores::SharedStores::create().await;
+    let server = stores.start_server(&[]).await;
+    fixtures::seed(&stores.database.url).await;
     full_suite(server.channel().await).await;
     server.stop().await;
-    common::redis::cleanup(&common::redis::client().await, &namespace).await;
-    database.drop().await;
+    stores.drop().await;
 }
 
 #[tokio::test]
@@ -477,7 +465,7 @@ async fn redis_cluster_serves_every_affinity_call() {
     // by hash slot, so the same suite runs unchanged on three masters.
     let cluster = common::cluster::RedisCluster::start();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url, "--redis-url", &cluster.url()]).await;
     fixtures::seed(&url).await;
     full_suite(server.channel().await).await;

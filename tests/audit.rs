@@ -17,7 +17,7 @@ const ADMIN_ID: &str = "11111111-2222-4333-8444-555555555555";
 #[tokio::test]
 async fn clears_are_audited_as_aether_audits_them() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url, "--jwt-secret-key", common::jwt::SECRET]).await;
     fixtures::seed(&url).await;
     let db = Database::connect(&url).await.unwrap();

@@ -89,7 +89,7 @@ async fn add_user(url: &str, id: &str, role: users::UserRole, active: bool) {
 #[tokio::test]
 async fn every_rpc_against_every_credential() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url, "--jwt-secret-key", common::jwt::SECRET]).await;
     add_user(&url, ADMIN_ID, users::UserRole::Admin, true).await;
     add_user(&url, "u-plain", users::UserRole::User, true).await;
@@ -164,7 +164,7 @@ async fn every_rpc_against_every_credential() {
 #[tokio::test]
 async fn a_demoted_admin_is_refused_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url, "--jwt-secret-key", common::jwt::SECRET]).await;
     add_user(&url, ADMIN_ID, users::UserRole::Admin, true).await;
     let channel = server.raw_channel().await;
@@ -194,7 +194,7 @@ async fn a_demoted_admin_is_refused_within_seconds() {
 #[tokio::test]
 async fn a_logged_out_token_is_refused_and_redis_down_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let namespace = common::redis::namespace();
     let proxy = common::proxy::CuttableProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let redis_url = format!("redis://{}/0", proxy.addr);

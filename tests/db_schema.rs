@@ -35,7 +35,7 @@ async fn schema_round_trips_on_postgres() {
 #[tokio::test]
 async fn schema_round_trips_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     exercise_schema(&url).await;
 }
 

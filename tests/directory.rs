@@ -50,7 +50,7 @@ async fn directory_on_postgres() {
 #[tokio::test]
 async fn directory_on_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     exercise_directory(&url).await;
 }
 

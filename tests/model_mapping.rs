@@ -715,11 +715,12 @@ async fn full_suite(channel: AuthedChannel, db: DatabaseConnection, aether: Opti
     db.close().await.expect("close");
 }
 
-/// A model created after a miss resolves once the negative TTL has passed.
-async fn negative_ttl_expiry_suite(server_args: &[&str], db_url: &str) {
-    let mut args = vec!["--model-negative-cache-ttl-seconds", "1"];
-    args.extend_from_slice(server_args);
-    let server = TestServer::start(&args).await;
+/// Flags for a server whose negative cache entries last 1 s.
+const SHORT_NEGATIVE_TTL: [&str; 2] = ["--model-negative-cache-ttl-seconds", "1"];
+
+/// A model created after a miss resolves once the negative TTL has passed;
+/// `server` runs with [`SHORT_NEGATIVE_TTL`].
+async fn negative_ttl_expiry_suite(server: TestServer, db_url: &str) {
     let mut client = ModelMappingServiceClient::new(server.channel().await);
     assert_not_found(&mut client, "later-model").await;
     let db = Database::connect(db_url).await.expect("connect");
@@ -734,51 +735,31 @@ async fn negative_ttl_expiry_suite(server_args: &[&str], db_url: &str) {
 #[tokio::test]
 async fn embedded_default_serves_every_model_mapping_call() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let db = prepare_database(&url).await;
     // A negative TTL long enough that no entry expires while the suite counts keys.
     let server = TestServer::start(&["--database-url", &url, "--model-negative-cache-ttl-seconds", "120"]).await;
     full_suite(server.channel().await, db, None).await;
     server.stop().await;
-    negative_ttl_expiry_suite(&["--database-url", &url], &url).await;
+    let short = TestServer::start(&[SHORT_NEGATIVE_TTL[0], SHORT_NEGATIVE_TTL[1], "--database-url", &url]).await;
+    negative_ttl_expiry_suite(short, &url).await;
 }
 
 #[tokio::test]
 async fn redis_and_postgres_serve_every_model_mapping_call() {
-    let database = common::pg::TestDatabase::create().await;
-    let namespace = common::redis::namespace();
-    let db = prepare_database(&database.url).await;
-    let server = TestServer::start(&[
-        "--database-url",
-        &database.url,
-        "--db-migrate",
-        "always",
-        "--redis-url",
-        &common::redis::url(),
-        "--redis-namespace",
-        &namespace,
-        "--model-negative-cache-ttl-seconds",
-        "120",
-    ])
-    .await;
+    let stores = common::stores::SharedStores::create().await;
+    let db = prepare_database(&stores.database.url).await;
+    let server = stores
+        .start_server(&["--model-negative-cache-ttl-seconds", "120"])
+        .await;
     let aether = AetherRedis {
         client: common::redis::client().await,
-        namespace: namespace.clone(),
+        namespace: stores.namespace.clone(),
     };
     full_suite(server.channel().await, db, Some(&aether)).await;
     server.stop().await;
-    let redis_url = common::redis::url();
-    let args = [
-        "--database-url",
-        &database.url,
-        "--redis-url",
-        &redis_url,
-        "--redis-namespace",
-        &namespace,
-    ];
-    negative_ttl_expiry_suite(&args, &database.url).await;
-    common::redis::cleanup(&aether.client, &namespace).await;
-    database.drop().await;
+    negative_ttl_expiry_suite(stores.start_server(&SHORT_NEGATIVE_TTL).await, &stores.database.url).await;
+    stores.drop().await;
 }
 
 #[tokio::test]
@@ -786,7 +767,7 @@ async fn a_redis_outage_never_fails_resolution() {
     let proxy = CuttableProxy::start(common::store_address(&common::redis::url(), 6379)).await;
     let namespace = common::redis::namespace();
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let db_url = common::sqlite_url(&dir);
     let redis_url = format!("redis://{}/0", proxy.addr);
     let db = prepare_database(&db_url).await;
     let server = TestServer::start(&[

@@ -500,7 +500,7 @@ async fn full_suite(server: &TestServer) {
 #[tokio::test]
 async fn embedded_default_serves_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display());
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url]).await;
     fixtures::seed(&url).await;
     full_suite(&server).await;
@@ -514,24 +514,12 @@ async fn embedded_default_serves_rest() {
 
 #[tokio::test]
 async fn redis_and_postgres_serve_rest() {
-    let database = common::pg::TestDatabase::create().await;
-    let namespace = common::redis::namespace();
-    let server = TestServer::start(&[
-        "--database-url",
-        &database.url,
-        "--db-migrate",
-        "always",
-        "--redis-url",
-        &common::redis::url(),
-        "--redis-namespace",
-        &namespace,
-    ])
-    .await;
-    fixtures::seed(&database.url).await;
+    let stores = common::stores::SharedStores::create().await;
+    let server = stores.start_server(&[]).await;
+    fixtures::seed(&stores.database.url).await;
     full_suite(&server).await;
     server.stop().await;
-    common::redis::cleanup(&common::redis::client().await, &namespace).await;
-    database.drop().await;
+    stores.drop().await;
 }
 
 #[tokio::test]

@@ -410,14 +410,10 @@ async fn full_suite(channel: AuthedChannel, redis: Option<&RedisView>) {
     cache_suite(&mut client, redis).await;
 }
 
-fn sqlite_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display())
-}
-
 #[tokio::test]
 async fn embedded_default_serves_every_user_call() {
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(&dir);
+    let url = common::sqlite_url(&dir);
     let server = TestServer::start(&["--database-url", &url]).await;
     seed_users(&url).await;
     full_suite(server.channel().await, None).await;
@@ -426,28 +422,16 @@ async fn embedded_default_serves_every_user_call() {
 
 #[tokio::test]
 async fn redis_and_postgres_serve_every_user_call() {
-    let database = common::pg::TestDatabase::create().await;
-    let namespace = common::redis::namespace();
-    let server = TestServer::start(&[
-        "--database-url",
-        &database.url,
-        "--db-migrate",
-        "always",
-        "--redis-url",
-        &common::redis::url(),
-        "--redis-namespace",
-        &namespace,
-    ])
-    .await;
-    seed_users(&database.url).await;
+    let stores = common::stores::SharedStores::create().await;
+    let server = stores.start_server(&[]).await;
+    seed_users(&stores.database.url).await;
     let view = RedisView {
         client: common::redis::client().await,
-        namespace: namespace.clone(),
+        namespace: stores.namespace.clone(),
     };
     full_suite(server.channel().await, Some(&view)).await;
     server.stop().await;
-    common::redis::cleanup(&view.client, &namespace).await;
-    database.drop().await;
+    stores.drop().await;
 }
 
 /// A port where nothing listens.
@@ -459,7 +443,7 @@ fn dead_port() -> u16 {
 #[tokio::test]
 async fn redis_down_get_user_answers_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(&dir);
+    let url = common::sqlite_url(&dir);
     let redis_url = format!("redis://127.0.0.1:{}/0", dead_port());
     let server = TestServer::start(&["--database-url", &url, "--redis-url", &redis_url]).await;
     seed_users(&url).await;
@@ -541,7 +525,7 @@ impl CacheStore for FailingCache {
 #[tokio::test]
 async fn cache_failures_are_counted_fallbacks() {
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(&dir);
+    let url = common::sqlite_url(&dir);
     let database = DbConnection::open(&url, Duration::from_secs(5), true)
         .await
         .expect("open sqlite");

@@ -99,6 +99,30 @@ fn global_model(
     }
 }
 
+/// `(id, name, display_name)` of the active rows of `E` among `ids`, read in
+/// chunks; `columns` are those three columns, in that order.
+async fn active_names<E: EntityTrait>(
+    db: &DatabaseConnection,
+    ids: &[String],
+    columns: [E::Column; 3],
+    is_active: E::Column,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in unique_chunks(ids) {
+        let rows: Vec<(String, String, String)> = E::find()
+            .select_only()
+            .columns(columns)
+            .filter(columns[0].is_in(chunk))
+            .filter(is_active.eq(true))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(db_error)?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
 /// The columns `models` has, as the query planner resolves the table name.
 async fn model_columns(db: &DatabaseConnection) -> Result<HashSet<String>, DbErr> {
     let sql = match db.get_database_backend() {
@@ -221,51 +245,33 @@ impl ModelCatalog for SeaOrmModelCatalog {
     }
 
     async fn active_providers(&self, ids: &[String]) -> Result<HashMap<String, ProviderNames>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in unique_chunks(ids) {
-            let rows: Vec<(String, String, String)> = providers::Entity::find()
-                .select_only()
-                .columns([
-                    providers::Column::Id,
-                    providers::Column::Name,
-                    providers::Column::DisplayName,
-                ])
-                .filter(providers::Column::Id.is_in(chunk))
-                .filter(providers::Column::IsActive.eq(true))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            found.extend(
-                rows.into_iter()
-                    .map(|(id, name, display_name)| (id, ProviderNames { name, display_name })),
-            );
-        }
-        Ok(found)
+        use providers::Column;
+        let rows = active_names::<providers::Entity>(
+            &self.db,
+            ids,
+            [Column::Id, Column::Name, Column::DisplayName],
+            Column::IsActive,
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, display_name)| (id, ProviderNames { name, display_name }))
+            .collect())
     }
 
     async fn active_global_models(&self, ids: &[String]) -> Result<HashMap<String, GlobalModelNames>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in unique_chunks(ids) {
-            let rows: Vec<(String, String, String)> = global_models::Entity::find()
-                .select_only()
-                .columns([
-                    global_models::Column::Id,
-                    global_models::Column::Name,
-                    global_models::Column::DisplayName,
-                ])
-                .filter(global_models::Column::Id.is_in(chunk))
-                .filter(global_models::Column::IsActive.eq(true))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            found.extend(
-                rows.into_iter()
-                    .map(|(id, name, display_name)| (id, GlobalModelNames { name, display_name })),
-            );
-        }
-        Ok(found)
+        use global_models::Column;
+        let rows = active_names::<global_models::Entity>(
+            &self.db,
+            ids,
+            [Column::Id, Column::Name, Column::DisplayName],
+            Column::IsActive,
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, display_name)| (id, GlobalModelNames { name, display_name }))
+            .collect())
     }
 
     async fn served_models(&self, global_model_ids: &[String]) -> Result<Vec<ServedModel>, StoreError> {

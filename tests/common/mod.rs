@@ -8,6 +8,7 @@ pub mod pg;
 pub mod proxy;
 pub mod redis;
 pub mod server;
+pub mod stores;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,4 +48,9 @@ pub fn store_address(url: &str, default_port: u16) -> std::net::SocketAddr {
         .expect("resolvable")
         .next()
         .expect("an address")
+}
+
+/// An SQLite database file in `dir` (created on first connect).
+pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}?mode=rwc", dir.path().join("aether.db").display())
 }
