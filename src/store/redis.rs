@@ -460,7 +460,7 @@ async fn live_members(client: &Client, index: &str, now: f64) -> Result<Vec<Stri
     loop {
         let limit = Some((members.len() as i64, BATCH as i64));
         let page: Vec<String> = client
-            .zrangebyscore(index, live_floor(now), f64::INFINITY, false, limit)
+            .zrangebyscore(index, now, f64::INFINITY, false, limit)
             .await
             .map_err(|e| store_error(&e))?;
         let done = page.len() < BATCH;
@@ -469,11 +469,6 @@ async fn live_members(client: &Client, index: &str, now: f64) -> Result<Vec<Stri
             return Ok(members);
         }
     }
-}
-
-/// Score bound "at or after `now`".
-fn live_floor(now: f64) -> f64 {
-    now
 }
 
 #[async_trait]
@@ -620,7 +615,7 @@ impl AffinityStore for RedisAffinityStore {
         let client = self.redis.client()?;
         let all = self.all_index();
         let total: u64 = client
-            .zcount::<i64, _>(&all, live_floor(now), f64::INFINITY)
+            .zcount::<i64, _>(&all, now, f64::INFINITY)
             .await
             .map_err(|e| store_error(&e))?
             .max(0) as u64;
@@ -654,7 +649,7 @@ impl AffinityStore for RedisAffinityStore {
         let count: i64 = self
             .redis
             .client()?
-            .zcount(self.all_index(), live_floor(now), f64::INFINITY)
+            .zcount(self.all_index(), now, f64::INFINITY)
             .await
             .map_err(|e| store_error(&e))?;
         Ok(count.max(0) as u64)
