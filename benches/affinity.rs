@@ -29,13 +29,16 @@ use std::time::{Duration, Instant};
 use aether_control::db::DbConnection;
 use aether_control::db::directory::SeaOrmDirectory;
 use aether_control::db::entities::{api_keys, global_models, provider_api_keys, provider_endpoints, providers, users};
-use aether_control::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores};
+use aether_control::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores, WritePolicy};
 use aether_control::domain::affinity::listing;
+use aether_control::domain::affinity::usage::{UpstreamOutcome, UsageReport};
 use aether_control::domain::affinity::{AffinityKey, AffinityRecord, AffinityTarget, IndexRef, SetOutcome, now_epoch};
 use aether_control::domain::crypto::KeyCipher;
 use aether_control::domain::directory::Directory;
 use aether_control::store::AffinityStore;
-use aether_control::store::redis::{RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus};
+use aether_control::store::redis::{
+    RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus, RedisUsageStore,
+};
 use fred::cmd;
 use fred::prelude::*;
 use fred::types::scan::Scanner;
@@ -630,6 +633,7 @@ impl SizeReport {
 const PING: &str = "Redis PING (round-trip floor)";
 const GET: &str = "GetAffinity (hit)";
 const SET: &str = "SetAffinity (refresh)";
+const RECORD_USAGE: &str = "RecordUpstreamUsage (success, binding matched)";
 const LIST_USER: &str = "ListUserAffinities (by username)";
 const PAGE_FIRST: &str = "ListAffinities, first page of 100";
 const PAGE_DEEP: &str = "ListAffinities, page of 100 at offset N/2";
@@ -651,6 +655,7 @@ const CLEAR_ALL: &str = "ClearAllAffinities (confirm), end to end";
 const FLAT_CALLS: &[&str] = &[
     GET,
     SET,
+    RECORD_USAGE,
     LIST_USER,
     PAGE_FIRST,
     PAGE_DEEP,
@@ -738,11 +743,16 @@ async fn measure_size(
             events: Arc::new(RedisEventBus::start(redis.clone())?),
             directory: directory.clone(),
             cipher: cipher.clone(),
+            usage: Arc::new(RedisUsageStore::new(redis.clone())),
         },
         AffinitySettings {
             default_ttl: DEFAULT_TTL,
             reconcile_interval: RECONCILE_INTERVAL,
             instance_id,
+            write_only_on_success: true,
+            max_switches_per_minute: 0,
+            target_watch_interval: RECONCILE_INTERVAL,
+            memory_max_affinities: 0,
         },
     );
 
@@ -843,7 +853,9 @@ async fn measure_size(
             let key = world.key(j);
             let target = world.target(j);
             let started = Instant::now();
-            let written = engine.set(&key, target, "", Some(WRITE_TTL)).await?;
+            let written = engine
+                .set(&key, target, "", Some(WRITE_TTL), None, WritePolicy::default())
+                .await?;
             let elapsed = started.elapsed();
             ensure(written.outcome == SetOutcome::Refreshed, || {
                 format!("entry {j}: {:?}, expected a refresh", written.outcome)
@@ -853,6 +865,27 @@ async fn measure_size(
     })
     .await?;
     calls.push((SET, stat));
+
+    let stat = measure(RECORD_USAGE, 200, 2000, Duration::from_secs(10), || {
+        let j = rng.below(n);
+        async move {
+            let report = UsageReport {
+                key: world.key(j),
+                target: world.target(j),
+                outcome: UpstreamOutcome::Success,
+                input_tokens: 2000,
+                cache_read_tokens: 1800,
+                cache_creation_tokens: 100,
+            };
+            let started = Instant::now();
+            let decided = engine.record_usage(report).await?;
+            let elapsed = started.elapsed();
+            ensure(decided.binding.is_some(), || format!("entry {j}: binding not matched"))?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((RECORD_USAGE, stat));
 
     let stat = measure(LIST_USER, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
@@ -1056,10 +1089,12 @@ async fn measure_size(
                 let (count, _) = engine.clear_user(&world.users[u].1, false).await?;
                 let elapsed = started.elapsed();
                 ensure(count == entries.len() as u64, || format!("clear of user {u}: {count}"))?;
-                futures::future::try_join_all(
-                    entries
-                        .map(|j| async move { engine.set(&world.key(j), world.target(j), "", Some(WRITE_TTL)).await }),
-                )
+                futures::future::try_join_all(entries.map(|j| async move {
+                    let policy = WritePolicy::default();
+                    engine
+                        .set(&world.key(j), world.target(j), "", Some(WRITE_TTL), None, policy)
+                        .await
+                }))
                 .await?;
                 Ok(elapsed)
             }

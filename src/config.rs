@@ -156,6 +156,27 @@ pub struct Config {
     #[arg(long, env = "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", default_value_t = 10)]
     pub reconcile_interval_seconds: u64,
 
+    /// How often bindings that point at a disabled or deleted provider,
+    /// endpoint, provider key, API key or user are looked for and dropped, in
+    /// seconds; such a binding is gone within about twice this.
+    #[arg(long, env = "AETHER_CONTROL_TARGET_WATCH_INTERVAL_SECONDS", default_value_t = 15)]
+    pub target_watch_interval_seconds: u64,
+
+    /// SetAffinity's default: write a binding even when the caller reports a
+    /// failed upstream request (default: only successes write).
+    #[arg(long, env = "AETHER_CONTROL_WRITE_ON_FAILURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub write_on_failure: bool,
+
+    /// SetAffinity's default flapping guard: most switches of one binding per
+    /// minute, further switches are refused (0: no cap, Aether's behaviour).
+    #[arg(long, env = "AETHER_CONTROL_MAX_SWITCHES_PER_MINUTE", default_value_t = 0)]
+    pub max_switches_per_minute: u32,
+
+    /// Most affinities the in-memory store keeps; beyond, the entries that
+    /// expire soonest are evicted (and counted).
+    #[arg(long, env = "AETHER_CONTROL_MEMORY_MAX_AFFINITIES", default_value_t = 100_000)]
+    pub memory_max_affinities: u64,
+
     /// TTL of the "model not found" entries we cache, in seconds: a model
     /// created after a miss resolves at most this long later (Aether: 300).
     #[arg(long, env = "AETHER_CONTROL_MODEL_NEGATIVE_CACHE_TTL_SECONDS", default_value_t = 30)]
@@ -290,6 +311,18 @@ impl Config {
         if !(1..=3600).contains(&self.reconcile_interval_seconds) {
             return Err(invalid("AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", "must be 1..=3600"));
         }
+        if !(1..=3600).contains(&self.target_watch_interval_seconds) {
+            return Err(invalid(
+                "AETHER_CONTROL_TARGET_WATCH_INTERVAL_SECONDS",
+                "must be 1..=3600",
+            ));
+        }
+        if self.max_switches_per_minute > crate::domain::affinity::engine::MAX_SWITCHES_PER_MINUTE {
+            return Err(invalid("AETHER_CONTROL_MAX_SWITCHES_PER_MINUTE", "must be 0..=10000"));
+        }
+        if !(1..=100_000_000).contains(&self.memory_max_affinities) {
+            return Err(invalid("AETHER_CONTROL_MEMORY_MAX_AFFINITIES", "must be 1..=100000000"));
+        }
         if self.environment == Environment::Production {
             self.validate_production()?;
         }
@@ -353,6 +386,11 @@ impl Config {
     /// Interval of the index reconciler.
     pub fn reconcile_interval(&self) -> Duration {
         Duration::from_secs(self.reconcile_interval_seconds)
+    }
+
+    /// How often bindings to inactive targets are dropped.
+    pub fn target_watch_interval(&self) -> Duration {
+        Duration::from_secs(self.target_watch_interval_seconds)
     }
 
     /// Grace period for draining on shutdown.
@@ -453,6 +491,18 @@ mod tests {
             (
                 &["--reconcile-interval-seconds", "0"],
                 "AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS",
+            ),
+            (
+                &["--target-watch-interval-seconds", "0"],
+                "AETHER_CONTROL_TARGET_WATCH_INTERVAL_SECONDS",
+            ),
+            (
+                &["--max-switches-per-minute", "10001"],
+                "AETHER_CONTROL_MAX_SWITCHES_PER_MINUTE",
+            ),
+            (
+                &["--memory-max-affinities", "0"],
+                "AETHER_CONTROL_MEMORY_MAX_AFFINITIES",
             ),
         ];
         for (args, name) in cases {

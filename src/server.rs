@@ -37,9 +37,11 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::affinity_service_server::AffinityServiceServer;
 use crate::proto::model_mapping_service_server::ModelMappingServiceServer;
 use crate::proto::user_service_server::UserServiceServer;
-use crate::store::memory::{MemoryAffinityStore, MemoryCache, MemoryCounterStore, MemoryEventBus};
-use crate::store::redis::{RedisAffinityStore, RedisCache, RedisConnection, RedisCounterStore, RedisEventBus};
-use crate::store::{AffinityStore, CacheStore, CounterStore, EventBus, HealthProbe};
+use crate::store::memory::{MemoryAffinityStore, MemoryCache, MemoryCounterStore, MemoryEventBus, MemoryUsageStore};
+use crate::store::redis::{
+    RedisAffinityStore, RedisCache, RedisConnection, RedisCounterStore, RedisEventBus, RedisUsageStore,
+};
+use crate::store::{AffinityStore, CacheStore, CounterStore, EventBus, HealthProbe, UsageStore};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,7 @@ fn instance_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn open_stores(config: &Config) -> Result<Stores, StartError> {
+async fn open_stores(config: &Config, instance_id: &str) -> Result<Stores, StartError> {
     if config.database_url.is_none() {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -113,10 +115,13 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
     .map_err(|e| StartError::Database(e.to_string()))?;
     let directory = Arc::new(SeaOrmDirectory::new(database.connection().clone()));
     let backends = match &config.redis_url {
-        Some(url) => redis_backends(config, url).await?,
+        Some(url) => redis_backends(config, url, instance_id).await?,
         None => AffinityBackends {
-            affinities: Arc::new(MemoryAffinityStore::new()),
+            affinities: Arc::new(MemoryAffinityStore::new(
+                usize::try_from(config.memory_max_affinities).unwrap_or(usize::MAX),
+            )),
             counters: Arc::new(MemoryCounterStore::default()),
+            usage: Arc::new(MemoryUsageStore::default()),
             events: Arc::new(MemoryEventBus::default()),
             cache: Arc::new(MemoryCache::default()),
             redis_probe: None,
@@ -129,6 +134,7 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
             events: backends.events,
             directory,
             cipher: Arc::new(cipher),
+            usage: backends.usage,
         },
         cache: backends.cache,
         health: HealthPlan::new(Arc::new(database.clone()), backends.redis_probe),
@@ -140,12 +146,13 @@ async fn open_stores(config: &Config) -> Result<Stores, StartError> {
 struct AffinityBackends {
     affinities: Arc<dyn AffinityStore>,
     counters: Arc<dyn CounterStore>,
+    usage: Arc<dyn UsageStore>,
     events: Arc<dyn EventBus>,
     cache: Arc<dyn CacheStore>,
     redis_probe: Option<Arc<dyn HealthProbe>>,
 }
 
-async fn redis_backends(config: &Config, url: &str) -> Result<AffinityBackends, StartError> {
+async fn redis_backends(config: &Config, url: &str, instance_id: &str) -> Result<AffinityBackends, StartError> {
     let redis = RedisConnection::connect(
         url,
         config.redis_pool_size,
@@ -160,10 +167,11 @@ async fn redis_backends(config: &Config, url: &str) -> Result<AffinityBackends, 
     Ok(AffinityBackends {
         affinities: Arc::new(RedisAffinityStore::new(
             redis.clone(),
-            &instance_id(),
+            instance_id,
             config.reconcile_interval(),
         )),
         counters: Arc::new(RedisCounterStore::new(redis.clone())),
+        usage: Arc::new(RedisUsageStore::new(redis.clone())),
         events: Arc::new(events),
         cache: Arc::new(RedisCache::new(redis.clone())),
         redis_probe: Some(Arc::new(redis)),
@@ -230,13 +238,18 @@ fn register_counters(metrics: &ServiceMetrics, users: &UserEngine, models: &Mode
     );
 }
 
-/// Background upkeep: counter flushes every second, reconciles on their
-/// interval. Ends with a last flush when `stop` turns true.
-async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut flush = tokio::time::interval(Duration::from_secs(1));
-    let mut reconcile = tokio::time::interval(reconcile_every);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Background upkeep: counter flushes every second, reconciles and the
+/// target watcher on their intervals. Ends with a last flush when `stop`
+/// turns true.
+async fn upkeep(engine: AffinityEngine, mut stop: watch::Receiver<bool>) {
+    let every = |period: Duration| {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    };
+    let mut flush = every(Duration::from_secs(1));
+    let mut reconcile = every(engine.settings().reconcile_interval);
+    let mut watch_targets = every(engine.settings().target_watch_interval);
     loop {
         tokio::select! {
             _ = flush.tick() => {
@@ -248,6 +261,9 @@ async fn upkeep(engine: AffinityEngine, reconcile_every: Duration, mut stop: wat
                 Ok(0) => {}
                 Ok(added) => tracing::info!(added, "indexed affinities written by others"),
                 Err(error) => tracing::debug!(%error, "reconcile deferred"),
+            },
+            _ = watch_targets.tick() => if let Err(error) = engine.drop_inactive_bindings().await {
+                tracing::debug!(%error, "target watch deferred");
             },
             _ = stop.wait_for(|stopped| *stopped).map(|r| r.is_ok()) => break,
         }
@@ -307,13 +323,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let http = http_listener(&config, http).await?;
-    let stores = open_stores(&config).await?;
+    let instance_id = instance_id();
+    let stores = open_stores(&config, &instance_id).await?;
+    let memory_max_affinities = if config.redis_url.is_some() {
+        0
+    } else {
+        config.memory_max_affinities
+    };
     let engine = AffinityEngine::new(
         stores.affinity,
         AffinitySettings {
             default_ttl: config.affinity_ttl(),
             reconcile_interval: config.reconcile_interval(),
-            instance_id: instance_id(),
+            instance_id,
+            write_only_on_success: !config.write_on_failure,
+            max_switches_per_minute: config.max_switches_per_minute,
+            target_watch_interval: config.target_watch_interval(),
+            memory_max_affinities,
         },
     );
 
@@ -330,7 +356,7 @@ pub async fn serve(
         config.health_interval(),
         stop_rx.clone(),
     ));
-    let upkeep_task = tokio::spawn(upkeep(engine.clone(), config.reconcile_interval(), stop_rx.clone()));
+    let upkeep_task = tokio::spawn(upkeep(engine.clone(), stop_rx.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

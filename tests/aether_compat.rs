@@ -65,6 +65,7 @@ async fn reads_and_refreshes_what_aether_wrote_and_writes_what_aether_reads() {
             key_id: "pk-1".into(),
             model_name: String::new(),
             ttl: None,
+            ..Default::default()
         })
         .await
         .expect("refresh")

@@ -21,6 +21,7 @@ fn set_request(key: &str, endpoint: &str) -> SetAffinityRequest {
         key_id: "pk-1".into(),
         model_name: String::new(),
         ttl: None,
+        ..Default::default()
     }
 }
 

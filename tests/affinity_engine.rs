@@ -24,6 +24,7 @@ async fn pin(client: &mut Client, api_key: &str, format: &str, provider: &str, e
         key_id: key.into(),
         model_name: String::new(),
         ttl: None,
+        ..Default::default()
     };
     client
         .set_affinity(request)

@@ -19,6 +19,7 @@ fn set_request(i: usize) -> SetAffinityRequest {
         key_id: "pk".into(),
         model_name: String::new(),
         ttl: None,
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,7 @@ use std::time::Duration;
 use aether_control::auth::jwt::JwtVerifier;
 use aether_control::auth::service_tokens::{ServiceTokens, hash_hex};
 use aether_control::domain::affinity::listing::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageToken, page_size};
+use aether_control::domain::affinity::usage::UsageReport;
 use aether_control::domain::affinity::{
     API_FORMATS, Affinity, AffinityKey, AffinityRecord, AffinityTarget, AffinityWrite, IndexRef, InvalidationGuard,
     KEY_PREFIX, now_epoch, parse_api_format,
@@ -334,6 +335,48 @@ request!(
     }
 );
 request!(
+    RecordUpstreamUsageRequest {
+        affinity_key,
+        api_format,
+        global_model_id,
+        provider_id,
+        endpoint_id,
+        key_id
+    },
+    |r| {
+        check_key(&r.affinity_key, &r.api_format, &r.global_model_id)?;
+        // Any outcome number and any token counts: parsed or refused, and
+        // accepted exactly when the counts are normalised.
+        let outcome = convert::upstream_outcome(r.outcome);
+        prop_assert_eq!(outcome.is_ok(), (0..=5).contains(&r.outcome));
+        if let (Ok(key), Ok(Some(outcome))) = (
+            AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id),
+            outcome,
+        ) {
+            let report = UsageReport {
+                key,
+                target: AffinityTarget {
+                    provider_id: r.provider_id.clone(),
+                    endpoint_id: r.endpoint_id.clone(),
+                    key_id: r.key_id.clone(),
+                },
+                outcome,
+                input_tokens: r.input_tokens,
+                cache_read_tokens: r.cache_read_tokens,
+                cache_creation_tokens: r.cache_creation_tokens,
+            };
+            let (input, read, created) = (
+                i128::from(r.input_tokens),
+                i128::from(r.cache_read_tokens),
+                i128::from(r.cache_creation_tokens),
+            );
+            let normalised = input >= 0 && read >= 0 && created >= 0 && read + created <= input;
+            prop_assert_eq!(report.validate().is_ok(), normalised);
+        }
+        Ok(())
+    }
+);
+request!(
     InvalidateAffinityRequest {
         affinity_key,
         api_format,
@@ -394,7 +437,7 @@ request!(
         for &kind in &r.types {
             prop_assert_eq!(
                 convert::event_kind(kind).is_ok(),
-                (1..=4).contains(&kind),
+                (1..=7).contains(&kind),
                 "event type {}",
                 kind
             );
@@ -456,6 +499,7 @@ macro_rules! every_request {
 every_request!(
     GetAffinityRequest,
     SetAffinityRequest,
+    RecordUpstreamUsageRequest,
     InvalidateAffinityRequest,
     GetAffinityStatsRequest,
     ListUserAffinitiesRequest,
@@ -1455,7 +1499,7 @@ async fn deletes_exactly_what_matches(
     );
     let mut world: BTreeMap<AffinityKey, AffinityRecord> = BTreeMap::new();
     for (key, target) in &case.writes {
-        let result = store_ok(store.set(key, &write_of(key, target), now).await)?;
+        let result = store_ok(store.set(key, &write_of(key, target), now, true).await)?;
         world.insert(key.clone(), result.record);
     }
     let entries: Vec<(&AffinityKey, &AffinityRecord)> = world.iter().collect();
@@ -1607,10 +1651,10 @@ fn empty_guard_values_match_nothing_on_every_store() {
         endpoint_id: Some(String::new()),
         ..InvalidationGuard::default()
     };
-    let memory = MemoryAffinityStore::new();
+    let memory = MemoryAffinityStore::default();
     runtime().block_on(async {
         memory
-            .set(&key, &write_of(&key, &target), now_epoch())
+            .set(&key, &write_of(&key, &target), now_epoch(), true)
             .await
             .expect("set");
         assert_eq!(memory.invalidate(&key, &guard).await.expect("invalidate"), None);
@@ -1619,7 +1663,7 @@ fn empty_guard_values_match_nothing_on_every_store() {
         let redis = RedisAffinityStore::new(connection, "properties", Duration::from_secs(5));
         rt.block_on(async {
             redis
-                .set(&key, &write_of(&key, &target), now_epoch())
+                .set(&key, &write_of(&key, &target), now_epoch(), true)
                 .await
                 .expect("set");
             let keys = [key.clone()];
@@ -1637,7 +1681,7 @@ fn empty_guard_values_match_nothing_on_every_store() {
 #[test]
 fn memory_store_deletes_only_what_matches() {
     let rt = runtime();
-    let store: Arc<dyn AffinityStore> = Arc::new(MemoryAffinityStore::new());
+    let store: Arc<dyn AffinityStore> = Arc::new(MemoryAffinityStore::default());
     proptest!(config(128), |(case in deletion_case())| {
         rt.block_on(deletion_case_on(&store, &case))?;
     });
@@ -1872,8 +1916,8 @@ fn glob_characters_in_namespaces_never_widen_a_scan() {
                 let now = now_epoch();
                 let mut world = BTreeMap::new();
                 for (key, target) in &writes {
-                    store_ok(cleared.set(key, &write_of(key, target), now).await)?;
-                    world.insert(key.clone(), store_ok(kept.set(key, &write_of(key, target), now).await)?.record);
+                    store_ok(cleared.set(key, &write_of(key, target), now, true).await)?;
+                    world.insert(key.clone(), store_ok(kept.set(key, &write_of(key, target), now, true).await)?.record);
                 }
                 let keys: Vec<String> = names.iter().map(|name| format!("global_model:resolve:{name}")).collect();
                 for key in &keys {

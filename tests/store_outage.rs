@@ -50,6 +50,7 @@ fn set_request() -> SetAffinityRequest {
         key_id: "k".into(),
         model_name: String::new(),
         ttl: None,
+        ..Default::default()
     }
 }
 

@@ -29,6 +29,8 @@ use crate::db::entities::{
     api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
 };
 use crate::db::{db_error, unique_chunks};
+use crate::domain::affinity::TargetKind;
+use crate::domain::affinity::events::InvalidationReason;
 use crate::domain::directory::{
     ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
 };
@@ -51,6 +53,39 @@ impl SeaOrmDirectory {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
+
+    /// Whether the table of `kind` has any row.
+    async fn has_rows(&self, kind: TargetKind) -> Result<bool, StoreError> {
+        async fn any<E: EntityTrait>(db: &DatabaseConnection) -> Result<bool, StoreError> {
+            Ok(E::find().one(db).await.map_err(db_error)?.is_some())
+        }
+        match kind {
+            TargetKind::Provider => any::<providers::Entity>(&self.db).await,
+            TargetKind::Endpoint => any::<provider_endpoints::Entity>(&self.db).await,
+            TargetKind::ProviderKey => any::<provider_api_keys::Entity>(&self.db).await,
+            TargetKind::ApiKey => any::<api_keys::Entity>(&self.db).await,
+        }
+    }
+}
+
+/// (id, is_active, true) of the rows of `E` among `ids` (no owner to check,
+/// so the owner counts as active).
+async fn active_rows<E: EntityTrait>(
+    db: &DatabaseConnection,
+    id: E::Column,
+    is_active: E::Column,
+    ids: &[String],
+) -> Result<Vec<(String, bool, bool)>, StoreError> {
+    let rows: Vec<(String, bool)> = E::find()
+        .select_only()
+        .column(id)
+        .column(is_active)
+        .filter(id.is_in(ids.to_vec()))
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    Ok(rows.into_iter().map(|(id, active)| (id, active, true)).collect())
 }
 
 /// The `api_keys` columns of an [`ApiKeySummary`].
@@ -372,6 +407,86 @@ impl Directory for SeaOrmDirectory {
             provider_ids,
             provider_key_ids,
         })
+    }
+
+    async fn inactive_targets(
+        &self,
+        kind: TargetKind,
+        ids: &[String],
+    ) -> Result<Vec<(String, InvalidationReason)>, StoreError> {
+        let row_reason = match kind {
+            TargetKind::Provider => InvalidationReason::ProviderInactive,
+            TargetKind::Endpoint => InvalidationReason::EndpointInactive,
+            TargetKind::ProviderKey => InvalidationReason::ProviderKeyInactive,
+            TargetKind::ApiKey => InvalidationReason::ApiKeyInactive,
+        };
+        let mut inactive = Vec::new();
+        for chunk in unique_chunks(ids) {
+            // (id, row active, owner active) of the rows that exist.
+            let rows: Vec<(String, bool, bool)> = match kind {
+                TargetKind::Provider => {
+                    active_rows::<providers::Entity>(
+                        &self.db,
+                        providers::Column::Id,
+                        providers::Column::IsActive,
+                        &chunk,
+                    )
+                    .await?
+                }
+                TargetKind::Endpoint => {
+                    active_rows::<provider_endpoints::Entity>(
+                        &self.db,
+                        provider_endpoints::Column::Id,
+                        provider_endpoints::Column::IsActive,
+                        &chunk,
+                    )
+                    .await?
+                }
+                TargetKind::ProviderKey => {
+                    active_rows::<provider_api_keys::Entity>(
+                        &self.db,
+                        provider_api_keys::Column::Id,
+                        provider_api_keys::Column::IsActive,
+                        &chunk,
+                    )
+                    .await?
+                }
+                TargetKind::ApiKey => {
+                    let rows: Vec<(String, bool, Option<bool>, Option<bool>)> = api_keys::Entity::find()
+                        .select_only()
+                        .column(api_keys::Column::Id)
+                        .column(api_keys::Column::IsActive)
+                        .column(users::Column::IsActive)
+                        .column(users::Column::IsDeleted)
+                        .left_join(users::Entity)
+                        .filter(api_keys::Column::Id.is_in(chunk.clone()))
+                        .into_tuple()
+                        .all(&self.db)
+                        .await
+                        .map_err(db_error)?;
+                    rows.into_iter()
+                        .map(|(id, key_active, user_active, user_deleted)| {
+                            (id, key_active, user_active == Some(true) && user_deleted == Some(false))
+                        })
+                        .collect()
+                }
+            };
+            let found: std::collections::HashMap<String, (bool, bool)> = rows
+                .into_iter()
+                .map(|(id, active, owner)| (id, (active, owner)))
+                .collect();
+            // A row missing from an empty table was never there (the embedded
+            // default, a database not yet filled): only a table with rows
+            // proves a missing one was deleted.
+            let missing_means_deleted = found.len() == chunk.len() || self.has_rows(kind).await?;
+            inactive.extend(chunk.into_iter().filter_map(|id| match found.get(&id) {
+                Some((true, true)) => None,
+                Some((true, false)) => Some((id, InvalidationReason::UserInactive)),
+                Some((false, _)) => Some((id, row_reason)),
+                None => missing_means_deleted.then_some((id, row_reason)),
+            }));
+        }
+        Ok(inactive)
     }
 
     async fn user_row(

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+use crate::domain::affinity::TargetKind;
+use crate::domain::affinity::events::InvalidationReason;
 use crate::error::StoreError;
 
 /// How an identifier matched, in Aether's resolution order.
@@ -137,6 +139,16 @@ pub trait Directory: Send + Sync + 'static {
     /// The full `users` row with this id or email (exact, case-sensitive;
     /// no active/deleted filter), if any.
     async fn user_row(&self, key: &UserKey) -> Result<Option<UserRow>, StoreError>;
+
+    /// Which of `ids` (rows of `kind`) a binding must no longer point at,
+    /// and why: the row is not active, or missing from a table that has rows
+    /// (deleted); for an API key, also its owner missing, inactive or
+    /// deleted. One or two indexed queries per call.
+    async fn inactive_targets(
+        &self,
+        kind: TargetKind,
+        ids: &[String],
+    ) -> Result<Vec<(String, InvalidationReason)>, StoreError>;
 }
 
 /// A `users` column that identifies one row (both are unique).

@@ -12,9 +12,10 @@ use serde_json::json;
 
 use super::context::{audited, call_context, details};
 use super::convert;
-use crate::domain::affinity::engine::AffinityEngine;
+use crate::domain::affinity::engine::{AffinityEngine, WritePolicy};
 use crate::domain::affinity::events::{EventFilter, InvalidationReason};
 use crate::domain::affinity::stats::render_prometheus;
+use crate::domain::affinity::usage::UsageReport;
 use crate::domain::affinity::{AffinityKey, AffinityTarget, InvalidationGuard, parse_api_format};
 use crate::domain::audit::Auditor;
 use crate::domain::validate;
@@ -83,11 +84,60 @@ impl AffinityService for AffinityGrpc {
             key_id: r.key_id,
         };
         let ttl = convert::duration("ttl", r.ttl)?;
-        let result = self.engine.set(&key, target, &r.model_name, ttl).await?;
+        let outcome = convert::upstream_outcome(r.outcome)?;
+        let policy = r.policy.unwrap_or_default();
+        let policy = WritePolicy {
+            write_on_failure: policy.write_on_failure,
+            max_switches_per_minute: policy
+                .max_switches_per_minute
+                .map(|cap| {
+                    u32::try_from(cap)
+                        .map_err(|_| Error::invalid("policy.max_switches_per_minute", "must not be negative"))
+                })
+                .transpose()?,
+        };
+        let decided = self
+            .engine
+            .set(&key, target, &r.model_name, ttl, outcome, policy)
+            .await?;
         Ok(Response::new(SetAffinityResponse {
-            affinity: Some(convert::affinity(&key, &result.record)),
-            outcome: SetAffinityOutcome::from(result.outcome).into(),
-            previous: result.previous.as_ref().map(|p| convert::affinity(&key, p)),
+            affinity: decided.record.as_ref().map(|record| convert::affinity(&key, record)),
+            outcome: SetAffinityOutcome::from(decided.outcome).into(),
+            previous: decided.previous.as_ref().map(|p| convert::affinity(&key, p)),
+            decision_reason: decided.reason.to_owned(),
+        }))
+    }
+
+    async fn record_upstream_usage(
+        &self,
+        request: Request<RecordUpstreamUsageRequest>,
+    ) -> Result<Response<RecordUpstreamUsageResponse>, Status> {
+        let r = request.into_inner();
+        let key = AffinityKey::parse(&r.affinity_key, &r.api_format, &r.global_model_id)?;
+        let outcome = convert::upstream_outcome(r.outcome)?.ok_or_else(|| Error::invalid("outcome", "is required"))?;
+        let report = UsageReport {
+            key,
+            target: AffinityTarget {
+                provider_id: r.provider_id,
+                endpoint_id: r.endpoint_id,
+                key_id: r.key_id,
+            },
+            outcome,
+            input_tokens: r.input_tokens,
+            cache_read_tokens: r.cache_read_tokens,
+            cache_creation_tokens: r.cache_creation_tokens,
+        };
+        let key = report.key.clone();
+        let decided = self.engine.record_usage(report).await?;
+        Ok(Response::new(RecordUpstreamUsageResponse {
+            binding_matched: decided.binding.is_some(),
+            binding_usage: decided.binding.as_ref().map(convert::binding_usage),
+            invalidated: decided.invalidated.is_some(),
+            invalidated_affinity: decided
+                .invalidated
+                .as_ref()
+                .map(|record| convert::affinity(&key, record)),
+            decision_reason: decided.reason.to_owned(),
         }))
     }
 
@@ -136,7 +186,11 @@ impl AffinityService for AffinityGrpc {
         let found = self.engine.list_user(&request.into_inner().user_identifier).await?;
         Ok(Response::new(ListUserAffinitiesResponse {
             user: Some(convert::resolved_user(&found.user)),
-            affinities: found.details.into_iter().map(convert::affinity_detail).collect(),
+            affinities: found
+                .details
+                .into_iter()
+                .map(|detail| convert::affinity_detail(detail, &found.usage))
+                .collect(),
             total_endpoints: found.total_endpoints as i32,
         }))
     }
@@ -151,7 +205,11 @@ impl AffinityService for AffinityGrpc {
             .list(&r.keyword, r.page_size, &r.page_token, r.offset)
             .await?;
         Ok(Response::new(ListAffinitiesResponse {
-            affinities: listing.details.into_iter().map(convert::affinity_detail).collect(),
+            affinities: listing
+                .details
+                .into_iter()
+                .map(|detail| convert::affinity_detail(detail, &listing.usage))
+                .collect(),
             next_page_token: listing.next_page_token.unwrap_or_default(),
             total_size: i32::try_from(listing.total).unwrap_or(i32::MAX),
             matched_user_id: listing.matched_user_id.unwrap_or_default(),

@@ -1,5 +1,6 @@
 //! Domain <-> proto conversions.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use prost_types::Timestamp;
@@ -8,6 +9,7 @@ use crate::domain::affinity::engine::{AffinitySettings, SchedulingModes};
 use crate::domain::affinity::events::{AffinityEvent, EventKind, InvalidationReason};
 use crate::domain::affinity::listing::{AffinityDetail, ResolvedUser};
 use crate::domain::affinity::stats::AffinityStats;
+use crate::domain::affinity::usage::{BindingUsage, UpstreamOutcome, UsageCounters, UsageGroup};
 use crate::domain::affinity::{Affinity, AffinityKey, AffinityRecord, SetOutcome};
 use crate::domain::directory::MatchKind;
 use crate::error::{Error, Result};
@@ -72,7 +74,59 @@ impl From<SetOutcome> for proto::SetAffinityOutcome {
             SetOutcome::Created => Self::Created,
             SetOutcome::Refreshed => Self::Refreshed,
             SetOutcome::Switched { .. } => Self::Switched,
+            SetOutcome::Refused => Self::Refused,
         }
+    }
+}
+
+/// A proto outcome as the domain's; None for UNSPECIFIED, an error for
+/// values this version does not know.
+pub fn upstream_outcome(value: i32) -> Result<Option<UpstreamOutcome>> {
+    match proto::UpstreamOutcome::try_from(value) {
+        Ok(proto::UpstreamOutcome::Unspecified) => Ok(None),
+        Ok(proto::UpstreamOutcome::Success) => Ok(Some(UpstreamOutcome::Success)),
+        Ok(proto::UpstreamOutcome::AuthError) => Ok(Some(UpstreamOutcome::AuthError)),
+        Ok(proto::UpstreamOutcome::RateLimited) => Ok(Some(UpstreamOutcome::RateLimited)),
+        Ok(proto::UpstreamOutcome::ServerError) => Ok(Some(UpstreamOutcome::ServerError)),
+        Ok(proto::UpstreamOutcome::ClientError) => Ok(Some(UpstreamOutcome::ClientError)),
+        Err(_) => Err(Error::invalid("outcome", "unknown upstream outcome")),
+    }
+}
+
+impl From<UpstreamOutcome> for proto::UpstreamOutcome {
+    fn from(value: UpstreamOutcome) -> Self {
+        match value {
+            UpstreamOutcome::Success => Self::Success,
+            UpstreamOutcome::AuthError => Self::AuthError,
+            UpstreamOutcome::RateLimited => Self::RateLimited,
+            UpstreamOutcome::ServerError => Self::ServerError,
+            UpstreamOutcome::ClientError => Self::ClientError,
+        }
+    }
+}
+
+/// Usage counters with their derived ratio.
+pub fn upstream_usage(value: &UsageCounters) -> proto::UpstreamUsage {
+    proto::UpstreamUsage {
+        requests: value.requests,
+        successes: value.successes,
+        auth_errors: value.auth_errors,
+        rate_limited: value.rate_limited,
+        server_errors: value.server_errors,
+        client_errors: value.client_errors,
+        input_tokens: value.input_tokens,
+        cache_read_tokens: value.cache_read_tokens,
+        cache_creation_tokens: value.cache_creation_tokens,
+        cache_read_ratio: value.cache_read_ratio(),
+    }
+}
+
+/// A binding's usage.
+pub fn binding_usage(value: &BindingUsage) -> proto::BindingUsage {
+    proto::BindingUsage {
+        usage: Some(upstream_usage(&value.counters)),
+        last_outcome: proto::UpstreamOutcome::from(value.last_outcome).into(),
+        last_reported_at: Some(timestamp(value.last_reported_at)),
     }
 }
 
@@ -85,6 +139,11 @@ impl From<proto::InvalidationReason> for InvalidationReason {
             proto::InvalidationReason::UpstreamError => Self::UpstreamError,
             proto::InvalidationReason::Admin => Self::Admin,
             proto::InvalidationReason::Ineffective => Self::Ineffective,
+            proto::InvalidationReason::ProviderInactive => Self::ProviderInactive,
+            proto::InvalidationReason::EndpointInactive => Self::EndpointInactive,
+            proto::InvalidationReason::ProviderKeyInactive => Self::ProviderKeyInactive,
+            proto::InvalidationReason::ApiKeyInactive => Self::ApiKeyInactive,
+            proto::InvalidationReason::UserInactive => Self::UserInactive,
         }
     }
 }
@@ -98,6 +157,11 @@ impl From<InvalidationReason> for proto::InvalidationReason {
             InvalidationReason::UpstreamError => Self::UpstreamError,
             InvalidationReason::Admin => Self::Admin,
             InvalidationReason::Ineffective => Self::Ineffective,
+            InvalidationReason::ProviderInactive => Self::ProviderInactive,
+            InvalidationReason::EndpointInactive => Self::EndpointInactive,
+            InvalidationReason::ProviderKeyInactive => Self::ProviderKeyInactive,
+            InvalidationReason::ApiKeyInactive => Self::ApiKeyInactive,
+            InvalidationReason::UserInactive => Self::UserInactive,
         }
     }
 }
@@ -109,6 +173,9 @@ pub fn event_kind(value: i32) -> Result<EventKind> {
         Ok(proto::AffinityEventType::Refreshed) => Ok(EventKind::Refreshed),
         Ok(proto::AffinityEventType::Switched) => Ok(EventKind::Switched),
         Ok(proto::AffinityEventType::Invalidated) => Ok(EventKind::Invalidated),
+        Ok(proto::AffinityEventType::Followed) => Ok(EventKind::Followed),
+        Ok(proto::AffinityEventType::Missed) => Ok(EventKind::Missed),
+        Ok(proto::AffinityEventType::Refused) => Ok(EventKind::Refused),
         _ => Err(Error::invalid("types", "unknown event type")),
     }
 }
@@ -120,6 +187,9 @@ impl From<EventKind> for proto::AffinityEventType {
             EventKind::Refreshed => Self::Refreshed,
             EventKind::Switched => Self::Switched,
             EventKind::Invalidated => Self::Invalidated,
+            EventKind::Followed => Self::Followed,
+            EventKind::Missed => Self::Missed,
+            EventKind::Refused => Self::Refused,
         }
     }
 }
@@ -147,9 +217,11 @@ pub fn resolved_user(value: &ResolvedUser) -> proto::ResolvedUser {
     }
 }
 
-/// An enriched affinity as the proto message.
-pub fn affinity_detail(value: AffinityDetail) -> proto::AffinityDetail {
+/// An enriched affinity, with its binding's usage if any, as the proto
+/// message.
+pub fn affinity_detail(value: AffinityDetail, usage: &HashMap<AffinityKey, BindingUsage>) -> proto::AffinityDetail {
     proto::AffinityDetail {
+        usage: usage.get(&value.affinity.key).map(binding_usage),
         affinity: Some((&value.affinity).into()),
         user_api_key_name: value.user_api_key_name.unwrap_or_default(),
         user_api_key_prefix: value.user_api_key_prefix,
@@ -181,7 +253,24 @@ pub fn stats(value: &AffinityStats) -> proto::AffinityStats {
         key_switches: value.key_switches,
         invalidations: value.invalidations,
         invalidations_by_reason: value.invalidations_by_reason.clone().into_iter().collect(),
+        upstream: Some(upstream_usage(&value.upstream.total)),
+        upstream_by_provider: usage_groups(value, UsageGroup::Provider),
+        upstream_by_provider_key: usage_groups(value, UsageGroup::ProviderKey),
+        upstream_by_model: usage_groups(value, UsageGroup::Model),
+        refusals_by_reason: value.refusals_by_reason.clone().into_iter().collect(),
+        evictions: value.evictions as i64,
     }
+}
+
+fn usage_groups(value: &AffinityStats, group: UsageGroup) -> Vec<proto::UpstreamUsageGroup> {
+    value
+        .upstream
+        .group(group)
+        .map(|(id, counters)| proto::UpstreamUsageGroup {
+            id: id.clone(),
+            usage: Some(upstream_usage(counters)),
+        })
+        .collect()
 }
 
 /// The configuration in force. The reservation values are Aether's
@@ -203,6 +292,10 @@ pub fn config(settings: &AffinitySettings, storage_type: &str, modes: Scheduling
         reconcile_interval: Some(proto_duration(settings.reconcile_interval)),
         scheduling_mode: modes.scheduling_mode,
         provider_priority_mode: modes.provider_priority_mode,
+        write_only_on_success: settings.write_only_on_success,
+        max_switches_per_minute: settings.max_switches_per_minute as i32,
+        target_watch_interval: Some(proto_duration(settings.target_watch_interval)),
+        memory_max_affinities: settings.memory_max_affinities as i64,
     }
 }
 
@@ -210,14 +303,25 @@ pub fn config(settings: &AffinitySettings, storage_type: &str, modes: Scheduling
 pub fn event(value: &AffinityEvent) -> proto::WatchAffinityEventsResponse {
     proto::WatchAffinityEventsResponse {
         r#type: proto::AffinityEventType::from(value.kind).into(),
-        affinity: Some((&value.affinity).into()),
-        previous: value.previous.as_ref().map(|p| affinity(&value.affinity.key, p)),
+        // A miss has no entry: the key alone says which affinity.
+        affinity: Some(match &value.record {
+            Some(record) => affinity(&value.key, record),
+            None => proto::Affinity {
+                affinity_key: value.key.affinity_key.clone(),
+                api_format: value.key.api_format.clone(),
+                global_model_id: value.key.global_model_id.clone(),
+                ..Default::default()
+            },
+        }),
+        previous: value.previous.as_ref().map(|p| affinity(&value.key, p)),
         reason: value
             .reason
             .map(|r| proto::InvalidationReason::from(r).into())
             .unwrap_or_default(),
         occurred_at: Some(timestamp(value.occurred_at)),
         instance_id: value.instance_id.clone(),
+        decision_reason: value.decision_reason.clone(),
+        trace_id: value.trace_id.clone().unwrap_or_default(),
     }
 }
 

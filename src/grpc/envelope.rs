@@ -149,8 +149,19 @@ where
         };
         let deadline =
             grpc_timeout(request.headers()).map_or(envelope.default_timeout, |t| t.min(envelope.default_timeout));
-        let span = tracing::info_span!("rpc", method = %path, request_id = %id);
-        Box::pin(
+        let trace_id = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::trace::trace_id_of);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %path,
+            request_id = %id,
+            trace_id = trace_id.as_deref().unwrap_or_default()
+        );
+        Box::pin(crate::trace::with_trace_id(
+            trace_id,
             async move {
                 let started = Instant::now();
                 let mut response = match permit {
@@ -177,7 +188,7 @@ where
                 Ok(response)
             }
             .instrument(span),
-        )
+        ))
     }
 }
 

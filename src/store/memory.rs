@@ -2,16 +2,19 @@
 //! semantics as Redis: TTL expiry, indexes, counters, events.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{AffinityStore, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus};
+use super::{AffinityStore, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, UsageStore};
 use crate::domain::affinity::events::AffinityEvent;
+use crate::domain::affinity::usage::{BindingUsage, UsageCounters, UsageReport, UsageTotals};
 use crate::domain::affinity::{
-    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult, apply_write,
+    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult, TargetKind,
+    apply_write,
 };
 use crate::error::{StoreError, StoreKind};
 
@@ -31,14 +34,8 @@ struct Entries {
     by_key: HashMap<AffinityKey, Entry>,
     by_expiry: BTreeSet<(i64, AffinityKey)>,
     indexes: HashMap<IndexRef, HashSet<AffinityKey>>,
-}
-
-fn index_refs(key: &AffinityKey, record: &AffinityRecord) -> [IndexRef; 3] {
-    [
-        IndexRef::AffinityKey(key.affinity_key.clone()),
-        IndexRef::Provider(record.provider_id.clone()),
-        IndexRef::ProviderKey(record.key_id.clone()),
-    ]
+    /// Switches counted per key: (count, end of the window).
+    switches: HashMap<AffinityKey, (u64, Instant)>,
 }
 
 impl Entries {
@@ -51,7 +48,7 @@ impl Entries {
     fn remove(&mut self, key: &AffinityKey) -> Option<Entry> {
         let entry = self.by_key.remove(key)?;
         self.by_expiry.remove(&(expiry_rank(&entry.record), key.clone()));
-        for index in index_refs(key, &entry.record) {
+        for index in IndexRef::all_of(key, &entry.record) {
             if let Some(members) = self.indexes.get_mut(&index) {
                 members.remove(key);
                 if members.is_empty() {
@@ -65,7 +62,7 @@ impl Entries {
     fn insert(&mut self, key: &AffinityKey, record: AffinityRecord, evict_at: Instant) {
         self.remove(key);
         self.by_expiry.insert((expiry_rank(&record), key.clone()));
-        for index in index_refs(key, &record) {
+        for index in IndexRef::all_of(key, &record) {
             self.indexes.entry(index).or_default().insert(key.clone());
         }
         self.by_key.insert(key.clone(), Entry { record, evict_at });
@@ -82,16 +79,44 @@ impl Entries {
     }
 }
 
-/// Affinities in a process-local map.
-#[derive(Default)]
+/// Affinities in a process-local map, at most `max_entries` of them: a new
+/// entry beyond the cap evicts the live entries that expire soonest.
 pub struct MemoryAffinityStore {
     entries: Mutex<Entries>,
+    max_entries: usize,
+    evictions: AtomicU64,
+}
+
+/// The embedded default's cap.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
+impl Default for MemoryAffinityStore {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_ENTRIES)
+    }
 }
 
 impl MemoryAffinityStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store keeping at most `max_entries` (at least 1).
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max_entries: max_entries.max(1),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Evicts the entries that expire soonest (never `keep`) until the store
+    /// is within its cap; counts the live ones evicted.
+    fn enforce_cap(&self, entries: &mut Entries, keep: &AffinityKey, instant: Instant) {
+        while entries.by_key.len() > self.max_entries {
+            let Some(victim) = entries.by_expiry.iter().map(|(_, k)| k).find(|k| *k != keep).cloned() else {
+                return;
+            };
+            if entries.remove(&victim).is_some_and(|e| instant < e.evict_at) {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Entries>, StoreError> {
@@ -119,13 +144,57 @@ impl AffinityStore for MemoryAffinityStore {
         Ok(entries.live(key, now, Instant::now()).map(|e| e.record.clone()))
     }
 
-    async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError> {
+    async fn set(
+        &self,
+        key: &AffinityKey,
+        write: &AffinityWrite,
+        now: f64,
+        allow_switch: bool,
+    ) -> Result<SetResult, StoreError> {
         let mut entries = self.lock()?;
         let instant = Instant::now();
-        let result = apply_write(entries.live(key, now, instant).map(|e| &e.record), key, write, now);
-        let evict_at = instant + write.ttl.max(Duration::from_millis(1));
-        entries.insert(key, result.record.clone(), evict_at);
+        let current = entries.live(key, now, instant).map(|e| &e.record);
+        let result = apply_write(current, key, write, now, allow_switch);
+        if result.outcome != crate::domain::affinity::SetOutcome::Refused {
+            let evict_at = instant + write.ttl.max(Duration::from_millis(1));
+            entries.insert(key, result.record.clone(), evict_at);
+            self.enforce_cap(&mut entries, key, instant);
+        }
         Ok(result)
+    }
+
+    async fn count_switch(&self, key: &AffinityKey, window: Duration) -> Result<u64, StoreError> {
+        let mut entries = self.lock()?;
+        let instant = Instant::now();
+        // Ended windows go once the map outgrows the entries it guards.
+        if entries.switches.len() > entries.by_key.len().max(1024) {
+            entries.switches.retain(|_, (_, ends)| *ends > instant);
+        }
+        let slot = entries.switches.entry(key.clone()).or_insert((0, instant + window));
+        if slot.1 <= instant {
+            *slot = (0, instant + window);
+        }
+        slot.0 += 1;
+        Ok(slot.0)
+    }
+
+    async fn referenced(&self, kind: TargetKind, _now: f64) -> Result<Vec<String>, StoreError> {
+        let entries = self.lock()?;
+        Ok(entries
+            .indexes
+            .keys()
+            .filter_map(|index| match (kind, index) {
+                (TargetKind::Provider, IndexRef::Provider(id))
+                | (TargetKind::Endpoint, IndexRef::Endpoint(id))
+                | (TargetKind::ProviderKey, IndexRef::ProviderKey(id))
+                | (TargetKind::ApiKey, IndexRef::AffinityKey(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     async fn invalidate(
@@ -280,14 +349,87 @@ impl Default for MemoryEventBus {
 
 #[async_trait]
 impl EventBus for MemoryEventBus {
-    async fn publish(&self, event: &AffinityEvent) -> Result<(), StoreError> {
-        // No receivers is fine: nobody is watching.
-        let _ = self.sender.send(event.clone());
+    async fn publish(&self, events: &[AffinityEvent]) -> Result<(), StoreError> {
+        for event in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.sender.send(event.clone());
+        }
         Ok(())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
         self.sender.subscribe()
+    }
+}
+
+#[derive(Default)]
+struct UsageState {
+    totals: UsageTotals,
+    /// Per binding: its usage and when the binding expires (epoch seconds).
+    bindings: HashMap<AffinityKey, (BindingUsage, f64)>,
+    /// Expired bindings are swept when the map reaches this size.
+    sweep_at: usize,
+}
+
+/// Upstream usage in process-local maps.
+#[derive(Default)]
+pub struct MemoryUsageStore {
+    state: Mutex<UsageState>,
+}
+
+#[async_trait]
+impl UsageStore for MemoryUsageStore {
+    async fn record(
+        &self,
+        report: &UsageReport,
+        binding: Option<&AffinityRecord>,
+        now: f64,
+    ) -> Result<Option<BindingUsage>, StoreError> {
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        state.totals.apply(report);
+        let Some(binding) = binding else {
+            return Ok(None);
+        };
+        if state.bindings.len() >= state.sweep_at {
+            state.bindings.retain(|_, (_, expires)| *expires >= now);
+            state.sweep_at = (state.bindings.len() * 2).max(1024);
+        }
+        let fresh = || BindingUsage {
+            target: binding.target(),
+            pinned_at: binding.created_at,
+            counters: UsageCounters::default(),
+            last_outcome: report.outcome,
+            last_reported_at: now,
+        };
+        let (usage, expires) = state
+            .bindings
+            .entry(report.key.clone())
+            .or_insert_with(|| (fresh(), binding.expire_at));
+        if !usage.belongs_to(binding) {
+            *usage = fresh();
+        }
+        usage.counters.apply(report);
+        usage.last_outcome = report.outcome;
+        usage.last_reported_at = now;
+        *expires = binding.expire_at;
+        Ok(Some(usage.clone()))
+    }
+
+    async fn totals(&self) -> Result<UsageTotals, StoreError> {
+        Ok(self.state.lock().map_err(|_| poisoned())?.totals.clone())
+    }
+
+    async fn bindings(&self, affinities: &[Affinity]) -> Result<HashMap<AffinityKey, BindingUsage>, StoreError> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        Ok(affinities
+            .iter()
+            .filter_map(|affinity| {
+                let (usage, _) = state.bindings.get(&affinity.key)?;
+                usage
+                    .belongs_to(&affinity.record)
+                    .then(|| (affinity.key.clone(), usage.clone()))
+            })
+            .collect())
     }
 }
 

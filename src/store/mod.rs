@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use crate::domain::affinity::events::AffinityEvent;
+use crate::domain::affinity::usage::{BindingUsage, UsageReport, UsageTotals};
 use crate::domain::affinity::{
-    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult,
+    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, Page, SetResult, TargetKind,
 };
 use crate::error::StoreError;
 
@@ -32,8 +33,29 @@ pub trait AffinityStore: Send + Sync + 'static {
     async fn get(&self, key: &AffinityKey, now: f64) -> Result<Option<AffinityRecord>, StoreError>;
 
     /// Applies [`crate::domain::affinity::apply_write`] atomically, stores the
-    /// result with the write's TTL and indexes it.
-    async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError>;
+    /// result with the write's TTL and indexes it. Without `allow_switch` a
+    /// write that would switch a live entry's target writes nothing.
+    async fn set(
+        &self,
+        key: &AffinityKey,
+        write: &AffinityWrite,
+        now: f64,
+        allow_switch: bool,
+    ) -> Result<SetResult, StoreError>;
+
+    /// Counts one switch of `key` in the current window (which starts with
+    /// the first switch counted and lasts `window`); returns the count
+    /// including this one. Shared by every instance.
+    async fn count_switch(&self, key: &AffinityKey, window: std::time::Duration) -> Result<u64, StoreError>;
+
+    /// The ids of `kind` that live entries point at (a superset: entries
+    /// removed since may still be counted). Costs the number of such ids.
+    async fn referenced(&self, kind: TargetKind, now: f64) -> Result<Vec<String>, StoreError>;
+
+    /// Entries evicted to keep the store within its cap (memory only).
+    fn evictions(&self) -> u64 {
+        0
+    }
 
     /// Deletes `key` if the guards match its value, atomically; returns the
     /// deleted value.
@@ -84,11 +106,33 @@ pub trait CounterStore: Send + Sync + 'static {
     async fn load(&self) -> Result<HashMap<String, i64>, StoreError>;
 }
 
+/// Upstream usage reported by the data plane: cluster-wide totals and each
+/// live binding's own.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Adds the report to the totals; with `binding` (the live entry, which
+    /// points at the report's target), to that binding's totals too, which
+    /// restart whenever it was pinned anew and expire with it. Returns the
+    /// binding's totals after the report.
+    async fn record(
+        &self,
+        report: &UsageReport,
+        binding: Option<&AffinityRecord>,
+        now: f64,
+    ) -> Result<Option<BindingUsage>, StoreError>;
+
+    /// Every total.
+    async fn totals(&self) -> Result<UsageTotals, StoreError>;
+
+    /// The usage of these bindings, for their current pin only.
+    async fn bindings(&self, affinities: &[Affinity]) -> Result<HashMap<AffinityKey, BindingUsage>, StoreError>;
+}
+
 /// Fan-out of affinity events to every instance.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Sends an event to every instance's watchers.
-    async fn publish(&self, event: &AffinityEvent) -> Result<(), StoreError>;
+    /// Sends events to every instance's watchers, in order.
+    async fn publish(&self, events: &[AffinityEvent]) -> Result<(), StoreError>;
 
     /// This instance's feed of every event. A receiver that falls more than
     /// the channel capacity behind gets `Lagged`.

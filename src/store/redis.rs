@@ -20,12 +20,17 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::broadcast;
 
 use crate::domain::affinity::events::AffinityEvent;
+use crate::domain::affinity::usage::{
+    BindingUsage, UpstreamOutcome, UsageCounters, UsageGroup, UsageReport, UsageTotals,
+};
 use crate::domain::affinity::{
-    Affinity, AffinityKey, AffinityRecord, AffinityWrite, IndexRef, InvalidationGuard, KEY_PREFIX, Page, SetOutcome,
-    SetResult, format_epoch,
+    Affinity, AffinityKey, AffinityRecord, AffinityTarget, AffinityWrite, IndexRef, InvalidationGuard, KEY_PREFIX,
+    Page, SetOutcome, SetResult, TargetKind, format_epoch,
 };
 use crate::error::{StoreError, StoreKind};
-use crate::store::{AffinityStore, BATCH, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, HealthProbe};
+use crate::store::{
+    AffinityStore, BATCH, CacheStore, CounterStore, EVENT_CHANNEL_CAPACITY, EventBus, HealthProbe, UsageStore,
+};
 
 /// Prefix of every key of ours. Aether's scans of `cache_affinity:*` can
 /// never match it.
@@ -39,8 +44,9 @@ const DELETE_BATCH: usize = 100;
 const INDEX_TTL_SECONDS: i64 = 7 * 24 * 3600 + 3600;
 
 /// Mirrors `apply_write`: same target on a live entry refreshes (count + 1,
-/// created_at kept verbatim), another target switches, else creates. The
-/// value is finished here so the fields keep Aether's order and separators.
+/// created_at kept verbatim), another target switches (unless ARGV[8] is
+/// '0': then nothing is written), else creates. The value is finished here
+/// so the fields keep Aether's order and separators.
 const SET_SCRIPT: &str = r#"
 local old = redis.call('GET', KEYS[1])
 local now = tonumber(ARGV[2])
@@ -54,6 +60,8 @@ if old then
       outcome = 'refreshed'
       created = string.match(old, '"created_at"%s*:%s*([-+%d%.eE]+)') or ARGV[2]
       count = (tonumber(v.request_count) or 0) + 1
+    elseif ARGV[8] == '0' then
+      return {'refused', old, old}
     else
       outcome = 'switched'
     end
@@ -62,6 +70,13 @@ end
 local value = ARGV[1] .. created .. ', "expire_at": ' .. ARGV[3] .. ', "request_count": ' .. string.format('%d', count) .. '}'
 redis.call('SET', KEYS[1], value, 'EX', ARGV[4])
 return {outcome, value, old or ''}
+"#;
+
+/// Counts one switch in a window that starts with the first one.
+const COUNT_SWITCH_SCRIPT: &str = r#"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return count
 "#;
 
 /// Deletes the key when every guard (endpoint, key, provider) that is set
@@ -304,14 +319,17 @@ impl HealthProbe for RedisConnection {
 
 /// Affinities in Redis, shared with Aether, with our indexes beside them:
 /// sorted sets scored by `expire_at` under `aether_control:idx:` (all
-/// entries; per client API key; per provider; per provider key). Members are
-/// `{affinity_key}:{API_FORMAT}:{global_model_id}`.
+/// entries; per client API key; per provider; per provider key; per
+/// endpoint), members `{affinity_key}:{API_FORMAT}:{global_model_id}`; and
+/// per target kind the ids live entries point at
+/// (`aether_control:idx:ids:{kind}`, scored by the latest expiry).
 pub struct RedisAffinityStore {
     redis: RedisConnection,
     instance_id: String,
     reconcile_lease: Duration,
     set_script: Script,
     invalidate_script: Script,
+    count_switch_script: Script,
 }
 
 impl RedisAffinityStore {
@@ -324,7 +342,13 @@ impl RedisAffinityStore {
             reconcile_lease,
             set_script: Script::from_lua(SET_SCRIPT),
             invalidate_script: Script::from_lua(INVALIDATE_SCRIPT),
+            count_switch_script: Script::from_lua(COUNT_SWITCH_SCRIPT),
         }
+    }
+
+    /// The ids of `kind` that live entries point at.
+    fn referenced_key(&self, kind: TargetKind) -> String {
+        self.redis.own_key(&format!("idx:ids:{}", kind.as_str()))
     }
 
     fn all_index(&self) -> String {
@@ -336,29 +360,37 @@ impl RedisAffinityStore {
             IndexRef::AffinityKey(id) => self.redis.own_key(&format!("idx:ak:{id}")),
             IndexRef::Provider(id) => self.redis.own_key(&format!("idx:provider:{id}")),
             IndexRef::ProviderKey(id) => self.redis.own_key(&format!("idx:pkey:{id}")),
+            IndexRef::Endpoint(id) => self.redis.own_key(&format!("idx:endpoint:{id}")),
         }
     }
 
-    /// The four index keys an entry belongs to.
-    fn index_keys_of(&self, key: &AffinityKey, record: &AffinityRecord) -> [String; 4] {
-        [
-            self.all_index(),
-            self.index_key(&IndexRef::AffinityKey(key.affinity_key.clone())),
-            self.index_key(&IndexRef::Provider(record.provider_id.clone())),
-            self.index_key(&IndexRef::ProviderKey(record.key_id.clone())),
-        ]
+    /// The index keys an entry belongs to.
+    fn index_keys_of(&self, key: &AffinityKey, record: &AffinityRecord) -> Vec<String> {
+        std::iter::once(self.all_index())
+            .chain(IndexRef::all_of(key, record).iter().map(|i| self.index_key(i)))
+            .collect()
     }
 
-    /// Adds entries to their indexes (one ZADD per index key). Returns how
-    /// many were new in the all-entries index.
+    /// Adds entries to their indexes (one ZADD per index key) and their
+    /// targets to the referenced ids (ZADD GT, so the latest expiry wins).
+    /// Returns how many were new in the all-entries index.
     async fn index(&self, entries: &[(AffinityKey, AffinityRecord)]) -> Result<u64, StoreError> {
         let mut by_index: HashMap<String, Vec<(f64, String)>> = HashMap::new();
+        let mut referenced: HashMap<String, HashMap<&str, f64>> = HashMap::new();
         for (key, record) in entries {
             for index in self.index_keys_of(key, record) {
                 by_index
                     .entry(index)
                     .or_default()
                     .push((record.expire_at, key.member()));
+            }
+            for kind in TargetKind::ALL {
+                let latest = referenced
+                    .entry(self.referenced_key(kind))
+                    .or_default()
+                    .entry(kind.id_of(key, record))
+                    .or_insert(record.expire_at);
+                *latest = latest.max(record.expire_at);
             }
         }
         let all = self.all_index();
@@ -375,12 +407,31 @@ impl RedisAffinityStore {
                 Ok::<u64, RedisError>(if index == all { new.max(0) as u64 } else { 0 })
             }
         }));
+        let ids = referenced.iter().flat_map(|(registry, ids)| {
+            let ids: Vec<(f64, String)> = ids.iter().map(|(id, at)| (*at, (*id).to_owned())).collect();
+            ids.chunks(BATCH)
+                .map(|chunk| (registry.clone(), chunk.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let registered = futures::future::try_join_all(ids.map(|(registry, chunk)| async move {
+            client
+                .zadd::<i64, _, _>(
+                    registry,
+                    None,
+                    Some(fred::types::sorted_sets::Ordering::GreaterThan),
+                    false,
+                    false,
+                    chunk,
+                )
+                .await
+        }));
         let expiries = futures::future::try_join_all(
             by_index
                 .keys()
+                .chain(referenced.keys())
                 .map(|index| client.expire::<i64, _>(index, INDEX_TTL_SECONDS, None)),
         );
-        let (added, _) = futures::future::try_join(added, expiries)
+        let (added, _, _) = futures::future::try_join3(added, registered, expiries)
             .await
             .map_err(|e| store_error(&e))?;
         Ok(added.into_iter().sum())
@@ -442,10 +493,6 @@ impl RedisAffinityStore {
     }
 }
 
-fn is_empty(guard: &InvalidationGuard) -> bool {
-    guard.endpoint_id.is_none() && guard.key_id.is_none() && guard.provider_id.is_none()
-}
-
 fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
     AffinityRecord::from_json(text).ok_or_else(|| StoreError::Internal {
         store: StoreKind::Redis,
@@ -491,7 +538,13 @@ impl AffinityStore for RedisAffinityStore {
             .filter(|record| record.is_live(now)))
     }
 
-    async fn set(&self, key: &AffinityKey, write: &AffinityWrite, now: f64) -> Result<SetResult, StoreError> {
+    async fn set(
+        &self,
+        key: &AffinityKey,
+        write: &AffinityWrite,
+        now: f64,
+        allow_switch: bool,
+    ) -> Result<SetResult, StoreError> {
         let ttl = write.ttl.as_secs_f64();
         let args = vec![
             AffinityRecord::json_head(write, &key.api_format),
@@ -503,6 +556,7 @@ impl AffinityStore for RedisAffinityStore {
             write.target.provider_id.clone(),
             write.target.endpoint_id.clone(),
             write.target.key_id.clone(),
+            if allow_switch { "1" } else { "0" }.to_owned(),
         ];
         let client = self.redis.client()?;
         let (outcome, value, old): (String, String, String) = self
@@ -514,6 +568,13 @@ impl AffinityStore for RedisAffinityStore {
         let (outcome, previous) = match outcome.as_str() {
             "created" => (SetOutcome::Created, None),
             "refreshed" => (SetOutcome::Refreshed, None),
+            "refused" => {
+                return Ok(SetResult {
+                    record,
+                    outcome: SetOutcome::Refused,
+                    previous: None,
+                });
+            }
             _ => {
                 let previous = parse_record(&old, "replaced")?;
                 (
@@ -544,6 +605,30 @@ impl AffinityStore for RedisAffinityStore {
             outcome,
             previous,
         })
+    }
+
+    async fn count_switch(&self, key: &AffinityKey, window: Duration) -> Result<u64, StoreError> {
+        let counter = self.redis.own_key(&format!("switches:{}", key.member()));
+        let count: i64 = self
+            .count_switch_script
+            .evalsha_with_reload(
+                self.redis.client()?,
+                vec![counter],
+                vec![window.as_millis().max(1).to_string()],
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn referenced(&self, kind: TargetKind, now: f64) -> Result<Vec<String>, StoreError> {
+        let registry = self.referenced_key(kind);
+        let client = self.redis.client()?;
+        let _: i64 = client
+            .zremrangebyscore(&registry, f64::NEG_INFINITY, now - 1.0)
+            .await
+            .map_err(|e| store_error(&e))?;
+        live_members(client, &registry, now).await
     }
 
     async fn invalidate(
@@ -661,7 +746,7 @@ impl AffinityStore for RedisAffinityStore {
         guard: &InvalidationGuard,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        if is_empty(guard) {
+        if guard.is_empty() {
             let names: Vec<String> = keys.iter().map(|k| self.redis.key(&k.redis_key())).collect();
             let command = if dry_run {
                 KeyCountCommand::Exists
@@ -832,18 +917,14 @@ impl RedisEventBus {
             }
             loop {
                 match messages.recv().await {
-                    Ok(message) => {
-                        let event = message
-                            .value
-                            .as_str()
-                            .and_then(|text| serde_json::from_str::<AffinityEvent>(&text).ok());
-                        match event {
-                            Some(event) => {
+                    Ok(message) => match message.value.as_str().and_then(|text| parse_events(&text)) {
+                        Some(events) => {
+                            for event in events {
                                 let _ = forward.send(event);
                             }
-                            None => tracing::warn!("ignoring an unparsable affinity event"),
                         }
-                    }
+                        None => tracing::warn!("ignoring an unparsable affinity event"),
+                    },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "event subscriber fell behind");
                     }
@@ -855,10 +936,21 @@ impl RedisEventBus {
     }
 }
 
+/// One message: a batch of events (a JSON array), or a single event as an
+/// instance of an earlier version sends it.
+fn parse_events(text: &str) -> Option<Vec<AffinityEvent>> {
+    serde_json::from_str::<Vec<AffinityEvent>>(text)
+        .or_else(|_| serde_json::from_str::<AffinityEvent>(text).map(|event| vec![event]))
+        .ok()
+}
+
 #[async_trait]
 impl EventBus for RedisEventBus {
-    async fn publish(&self, event: &AffinityEvent) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(event).map_err(|e| StoreError::Internal {
+    async fn publish(&self, events: &[AffinityEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let payload = serde_json::to_string(events).map_err(|e| StoreError::Internal {
             store: StoreKind::Redis,
             detail: e.to_string(),
         })?;
@@ -873,6 +965,174 @@ impl EventBus for RedisEventBus {
 
     fn subscribe(&self) -> broadcast::Receiver<AffinityEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// Adds `field, delta` pairs to one hash.
+const ADD_USAGE_SCRIPT: &str = r#"
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"#;
+
+/// Adds a report to one binding's hash, first wiping it when it belongs to
+/// another pin (target or created_at differ); expires it with the binding;
+/// returns the whole hash. ARGV: provider, endpoint, key, pinned-at,
+/// outcome, now, expire-at (ms), then field / delta pairs.
+const BINDING_USAGE_SCRIPT: &str = r#"
+local t = redis.call('HMGET', KEYS[1], 'provider_id', 'endpoint_id', 'key_id', 'pinned_at')
+if t[1] ~= ARGV[1] or t[2] ~= ARGV[2] or t[3] ~= ARGV[3] or t[4] ~= ARGV[4] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'provider_id', ARGV[1], 'endpoint_id', ARGV[2], 'key_id', ARGV[3], 'pinned_at', ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'last_outcome', ARGV[5], 'last_at', ARGV[6])
+for i = 8, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+return redis.call('HGETALL', KEYS[1])
+"#;
+
+/// Upstream usage in Redis hashes under `aether_control:usage:`: `total`
+/// (one field per counter), one per group (`provider`, `pkey`, `model`;
+/// fields `{counter}:{id}`), and one per live binding
+/// (`binding:{member}`, expiring with the binding).
+pub struct RedisUsageStore {
+    redis: RedisConnection,
+    add_script: Script,
+    binding_script: Script,
+}
+
+impl RedisUsageStore {
+    /// Usage over an existing connection.
+    pub fn new(redis: RedisConnection) -> Self {
+        Self {
+            redis,
+            add_script: Script::from_lua(ADD_USAGE_SCRIPT),
+            binding_script: Script::from_lua(BINDING_USAGE_SCRIPT),
+        }
+    }
+
+    fn binding_key(&self, key: &AffinityKey) -> String {
+        self.redis.own_key(&format!("usage:binding:{}", key.member()))
+    }
+}
+
+/// A binding's hash as stored by [`BINDING_USAGE_SCRIPT`].
+fn binding_usage(fields: &HashMap<String, String>) -> Option<BindingUsage> {
+    let mut counters = UsageCounters::default();
+    for (field, value) in fields {
+        if let Ok(delta) = value.parse::<i64>() {
+            counters.add(field, delta);
+        }
+    }
+    Some(BindingUsage {
+        target: AffinityTarget {
+            provider_id: fields.get("provider_id")?.clone(),
+            endpoint_id: fields.get("endpoint_id")?.clone(),
+            key_id: fields.get("key_id")?.clone(),
+        },
+        pinned_at: fields.get("pinned_at")?.parse().ok()?,
+        counters,
+        last_outcome: UpstreamOutcome::parse(fields.get("last_outcome")?)?,
+        last_reported_at: fields.get("last_at")?.parse().ok()?,
+    })
+}
+
+#[async_trait]
+impl UsageStore for RedisUsageStore {
+    async fn record(
+        &self,
+        report: &UsageReport,
+        binding: Option<&AffinityRecord>,
+        now: f64,
+    ) -> Result<Option<BindingUsage>, StoreError> {
+        let client = self.redis.client()?;
+        let deltas = report.deltas();
+        let pairs = |prefix: &str| -> Vec<String> {
+            deltas
+                .iter()
+                .flat_map(|(field, delta)| [format!("{field}{prefix}"), delta.to_string()])
+                .collect()
+        };
+        let mut adds = vec![(self.redis.own_key("usage:total"), pairs(""))];
+        for group in UsageGroup::ALL {
+            let hash = self.redis.own_key(&format!("usage:{}", group.as_str()));
+            adds.push((hash, pairs(&format!(":{}", group.id_of(report)))));
+        }
+        let totals = futures::future::try_join_all(adds.into_iter().map(|(hash, args)| {
+            self.add_script
+                .evalsha_with_reload::<i64, _, _>(client, vec![hash], args)
+        }));
+        let binding = async {
+            let Some(binding) = binding else {
+                return Ok(None);
+            };
+            let mut args = vec![
+                binding.provider_id.clone(),
+                binding.endpoint_id.clone(),
+                binding.key_id.clone(),
+                format_epoch(binding.created_at),
+                report.outcome.as_str().to_owned(),
+                format_epoch(now),
+                format!("{}", (binding.expire_at * 1000.0).ceil() as i64),
+            ];
+            args.extend(pairs(""));
+            let flat: Vec<String> = self
+                .binding_script
+                .evalsha_with_reload(client, vec![self.binding_key(&report.key)], args)
+                .await?;
+            let fields: HashMap<String, String> = flat
+                .chunks_exact(2)
+                .map(|pair| (pair[0].clone(), pair[1].clone()))
+                .collect();
+            Ok(binding_usage(&fields))
+        };
+        let (_, binding) = futures::future::try_join(totals, binding)
+            .await
+            .map_err(|e: RedisError| store_error(&e))?;
+        Ok(binding)
+    }
+
+    async fn totals(&self) -> Result<UsageTotals, StoreError> {
+        let client = self.redis.client()?;
+        let read = |name: String| async move { client.hgetall::<HashMap<String, i64>, _>(name).await };
+        let groups = futures::future::try_join_all(
+            UsageGroup::ALL.map(|group| read(self.redis.own_key(&format!("usage:{}", group.as_str())))),
+        );
+        let (total, groups) = futures::future::try_join(read(self.redis.own_key("usage:total")), groups)
+            .await
+            .map_err(|e| store_error(&e))?;
+        let mut totals = UsageTotals::default();
+        for (field, value) in total {
+            totals.total.add(&field, value);
+        }
+        for (group, fields) in UsageGroup::ALL.into_iter().zip(groups) {
+            let by_id = totals.groups.entry(group).or_default();
+            for (field, value) in fields {
+                if let Some((counter, id)) = field.split_once(':') {
+                    by_id.entry(id.to_owned()).or_default().add(counter, value);
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    async fn bindings(&self, affinities: &[Affinity]) -> Result<HashMap<AffinityKey, BindingUsage>, StoreError> {
+        let client = self.redis.client()?;
+        let mut found = HashMap::new();
+        for chunk in affinities.chunks(BATCH) {
+            let hashes = futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|a| client.hgetall::<HashMap<String, String>, _>(self.binding_key(&a.key))),
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+            for (affinity, fields) in chunk.iter().zip(hashes) {
+                if let Some(usage) = binding_usage(&fields).filter(|u| u.belongs_to(&affinity.record)) {
+                    found.insert(affinity.key.clone(), usage);
+                }
+            }
+        }
+        Ok(found)
     }
 }
 

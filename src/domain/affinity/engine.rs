@@ -1,24 +1,32 @@
 //! The affinity use cases: the data plane (get / set / invalidate) and the
 //! operator calls of Aether's cache-monitoring API, over the store traits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use super::events::{AffinityEvent, EventKind, InvalidationReason};
+use super::events::{AffinityEvent, EventKind, EventPublisher, InvalidationReason, decision};
 use super::listing::{self, AffinityDetail, PageToken, ResolvedUser};
 use super::stats::{AffinityStats, CounterBuffer, names};
+use super::usage::{BindingUsage, UpstreamOutcome, UsageReport};
 use super::{
     Affinity, AffinityKey, AffinityRecord, AffinityTarget, AffinityWrite, IndexRef, InvalidationGuard, SetOutcome,
-    SetResult, now_epoch,
+    TargetKind, now_epoch,
 };
 use crate::config::MAX_AFFINITY_TTL;
 use crate::domain::crypto::KeyCipher;
 use crate::domain::directory::{Directory, MatchKind};
 use crate::domain::validate;
 use crate::error::{Error, Result, StoreError};
-use crate::store::{AffinityStore, CounterStore, EventBus};
+use crate::store::{AffinityStore, CounterStore, EventBus, UsageStore};
+
+/// The flapping guard counts switches per binding over this window.
+const SWITCH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most switches per minute a policy may allow (beyond, the guard is moot).
+pub const MAX_SWITCHES_PER_MINUTE: u32 = 10_000;
 
 /// Most ids of each kind a free-text keyword may expand to.
 const KEYWORD_HIT_LIMIT: u64 = 1000;
@@ -32,6 +40,48 @@ pub struct AffinitySettings {
     pub reconcile_interval: Duration,
     /// This instance, in events.
     pub instance_id: String,
+    /// SetAffinity's default: write only when the outcome is a success.
+    pub write_only_on_success: bool,
+    /// SetAffinity's default flapping guard (switches per binding per
+    /// minute; 0: no cap).
+    pub max_switches_per_minute: u32,
+    /// How often bindings to disabled or deleted targets are dropped.
+    pub target_watch_interval: Duration,
+    /// The in-memory store's cap (0 on Redis).
+    pub memory_max_affinities: u64,
+}
+
+/// SetAffinity's per-call overrides of the write policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WritePolicy {
+    /// Write even after a failed upstream request.
+    pub write_on_failure: Option<bool>,
+    /// Switches allowed per binding per minute (0: no cap).
+    pub max_switches_per_minute: Option<u32>,
+}
+
+/// What SetAffinity decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetDecision {
+    /// What happened to the entry.
+    pub outcome: SetOutcome,
+    /// The entry now stored (for a refusal: the live one left in place).
+    pub record: Option<AffinityRecord>,
+    /// The replaced value, on a switch.
+    pub previous: Option<AffinityRecord>,
+    /// Why (a [`decision`] constant).
+    pub reason: &'static str,
+}
+
+/// What RecordUpstreamUsage decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageDecision {
+    /// The binding's totals, when the live binding points at the reporter.
+    pub binding: Option<BindingUsage>,
+    /// The binding removed by a failure outcome.
+    pub invalidated: Option<AffinityRecord>,
+    /// Why (a [`decision`] constant or an invalidation reason name).
+    pub reason: &'static str,
 }
 
 /// The stores the engine works over.
@@ -47,6 +97,8 @@ pub struct AffinityStores {
     pub directory: Arc<dyn Directory>,
     /// Decrypts stored keys for masking.
     pub cipher: Arc<KeyCipher>,
+    /// Upstream usage reports.
+    pub usage: Arc<dyn UsageStore>,
 }
 
 /// Aether's scheduling switches from `system_configs` (its defaults when unset).
@@ -71,6 +123,8 @@ pub struct AffinityListing {
     pub matched_user_id: Option<String>,
     /// The API key the keyword matched.
     pub matched_api_key_id: Option<String>,
+    /// Upstream usage of the listed bindings that have any.
+    pub usage: HashMap<AffinityKey, BindingUsage>,
 }
 
 /// A user's affinities.
@@ -82,6 +136,8 @@ pub struct UserAffinities {
     pub details: Vec<AffinityDetail>,
     /// Distinct endpoints among them.
     pub total_endpoints: usize,
+    /// Upstream usage of the bindings that have any.
+    pub usage: HashMap<AffinityKey, BindingUsage>,
 }
 
 /// The affinity use cases.
@@ -90,6 +146,7 @@ pub struct AffinityEngine {
     stores: AffinityStores,
     settings: AffinitySettings,
     pending: Arc<CounterBuffer>,
+    publisher: EventPublisher,
 }
 
 fn newest_first(affinities: &mut [Affinity]) {
@@ -102,12 +159,15 @@ fn newest_first(affinities: &mut [Affinity]) {
 }
 
 impl AffinityEngine {
-    /// An engine over `stores`.
+    /// An engine over `stores`; starts its event publisher (needs a Tokio
+    /// runtime).
     pub fn new(stores: AffinityStores, settings: AffinitySettings) -> Self {
+        let publisher = EventPublisher::start(stores.events.clone());
         Self {
             stores,
             settings,
             pending: Arc::new(CounterBuffer::default()),
+            publisher,
         }
     }
 
@@ -121,25 +181,28 @@ impl AffinityEngine {
         self.stores.affinities.storage_type()
     }
 
-    async fn publish(
+    /// Queues a decision for every instance's watchers, with the caller's
+    /// trace id.
+    fn publish(
         &self,
         kind: EventKind,
-        affinity: Affinity,
+        key: &AffinityKey,
+        record: Option<AffinityRecord>,
         previous: Option<AffinityRecord>,
         reason: Option<InvalidationReason>,
+        decision_reason: &str,
     ) {
-        let event = AffinityEvent {
+        self.publisher.send(AffinityEvent {
             kind,
-            affinity,
+            key: key.clone(),
+            record,
             previous,
             reason,
+            decision_reason: decision_reason.to_owned(),
+            trace_id: crate::trace::current_trace_id(),
             occurred_at: now_epoch(),
             instance_id: self.settings.instance_id.clone(),
-        };
-        // Events are best effort: the change itself has been made.
-        if let Err(error) = self.stores.events.publish(&event).await {
-            tracing::warn!(%error, "affinity event not published");
-        }
+        });
     }
 
     /// The live affinity for `key`; counts a hit or a miss.
@@ -147,6 +210,14 @@ impl AffinityEngine {
         match self.stores.affinities.get(key, now_epoch()).await? {
             Some(record) => {
                 self.pending.add(names::CACHE_HITS, 1);
+                self.publish(
+                    EventKind::Followed,
+                    key,
+                    Some(record.clone()),
+                    None,
+                    None,
+                    decision::LIVE_BINDING,
+                );
                 Ok(Affinity {
                     key: key.clone(),
                     record,
@@ -154,24 +225,56 @@ impl AffinityEngine {
             }
             None => {
                 self.pending.add(names::CACHE_MISSES, 1);
+                self.publish(EventKind::Missed, key, None, None, None, decision::NO_LIVE_BINDING);
                 Err(Error::not_found("affinity", key.redis_key()))
             }
         }
     }
 
-    /// Records a write; validates the target and TTL.
+    /// Validates an upstream target's ids.
+    fn target(target: AffinityTarget) -> Result<AffinityTarget> {
+        Ok(AffinityTarget {
+            provider_id: validate::key_part("provider_id", &target.provider_id)?,
+            endpoint_id: validate::key_part("endpoint_id", &target.endpoint_id)?,
+            key_id: validate::key_part("key_id", &target.key_id)?,
+        })
+    }
+
+    /// Counts and streams a refused write.
+    fn refuse(&self, key: &AffinityKey, live: Option<AffinityRecord>, reason: &'static str) -> SetDecision {
+        self.pending.add(&format!("{}{reason}", names::REFUSALS_BY_REASON), 1);
+        self.publish(EventKind::Refused, key, live.clone(), None, None, reason);
+        SetDecision {
+            outcome: SetOutcome::Refused,
+            record: live,
+            previous: None,
+            reason,
+        }
+    }
+
+    /// Records a write after an upstream request with `outcome` (None: a
+    /// success), under the server's write policy with the call's overrides:
+    /// a failure writes nothing unless allowed, and a binding that already
+    /// switched as often as allowed this minute keeps its target.
     pub async fn set(
         &self,
         key: &AffinityKey,
         target: AffinityTarget,
         model_name: &str,
         ttl: Option<Duration>,
-    ) -> Result<SetResult> {
-        let target = AffinityTarget {
-            provider_id: validate::key_part("provider_id", &target.provider_id)?,
-            endpoint_id: validate::key_part("endpoint_id", &target.endpoint_id)?,
-            key_id: validate::key_part("key_id", &target.key_id)?,
-        };
+        outcome: Option<UpstreamOutcome>,
+        policy: WritePolicy,
+    ) -> Result<SetDecision> {
+        let target = Self::target(target)?;
+        let max_switches = policy
+            .max_switches_per_minute
+            .unwrap_or(self.settings.max_switches_per_minute);
+        if max_switches > MAX_SWITCHES_PER_MINUTE {
+            return Err(Error::invalid(
+                "policy.max_switches_per_minute",
+                format!("must be 0..{MAX_SWITCHES_PER_MINUTE}"),
+            ));
+        }
         let model_name = if model_name.is_empty() {
             key.global_model_id.clone()
         } else {
@@ -186,24 +289,122 @@ impl AffinityEngine {
             model_name,
             ttl,
         };
-        let result = self.stores.affinities.set(key, &write, now_epoch()).await?;
-        match result.outcome {
-            SetOutcome::Created => self.pending.add(names::TOTAL_AFFINITIES, 1),
-            SetOutcome::Refreshed => {}
+        let write_on_failure = policy.write_on_failure.unwrap_or(!self.settings.write_only_on_success);
+        let failed = outcome.is_some_and(|o| o != UpstreamOutcome::Success);
+        if failed && !write_on_failure {
+            let live = self.stores.affinities.get(key, now_epoch()).await?;
+            return Ok(self.refuse(key, live, decision::UPSTREAM_FAILURE));
+        }
+        let store = &self.stores.affinities;
+        let mut result = store.set(key, &write, now_epoch(), max_switches == 0).await?;
+        if result.outcome == SetOutcome::Refused {
+            // A switch wants through: it takes one of the binding's switches
+            // this minute, if any is left.
+            if store.count_switch(key, SWITCH_WINDOW).await? > u64::from(max_switches) {
+                return Ok(self.refuse(key, Some(result.record), decision::FLAPPING_GUARD));
+            }
+            result = store.set(key, &write, now_epoch(), true).await?;
+        }
+        let reason = match result.outcome {
+            SetOutcome::Created => {
+                self.pending.add(names::TOTAL_AFFINITIES, 1);
+                decision::NO_LIVE_BINDING
+            }
+            SetOutcome::Refreshed => decision::SAME_TARGET,
             SetOutcome::Switched { provider_changed } => {
                 self.pending.add(names::KEY_SWITCHES, 1);
                 if provider_changed {
                     self.pending.add(names::PROVIDER_SWITCHES, 1);
                 }
+                decision::TARGET_CHANGED
+            }
+            SetOutcome::Refused => decision::FLAPPING_GUARD,
+        };
+        self.publish(
+            result.outcome.into(),
+            key,
+            Some(result.record.clone()),
+            result.previous.clone(),
+            None,
+            reason,
+        );
+        Ok(SetDecision {
+            outcome: result.outcome,
+            record: Some(result.record),
+            previous: result.previous,
+            reason,
+        })
+    }
+
+    /// RecordUpstreamUsage: adds the report to the totals and, when the live
+    /// binding points at the reporting target, to the binding's own; a
+    /// failure outcome then drops that binding, guarded by endpoint and key.
+    pub async fn record_usage(&self, report: UsageReport) -> Result<UsageDecision> {
+        let report = UsageReport {
+            target: Self::target(report.target)?,
+            ..report
+        }
+        .validate()?;
+        let now = now_epoch();
+        let live = self.stores.affinities.get(&report.key, now).await?;
+        let binding = live.filter(|record| record.target() == report.target);
+        let drop_reason = report.outcome.invalidation_reason().filter(|_| binding.is_some());
+        let guard = InvalidationGuard {
+            endpoint_id: Some(report.target.endpoint_id.clone()),
+            key_id: Some(report.target.key_id.clone()),
+            provider_id: None,
+        };
+        let dropped = async {
+            match drop_reason {
+                Some(reason) => self.invalidate(&report.key, &guard, reason).await,
+                None => Ok(None),
+            }
+        };
+        let recorded = async {
+            self.stores
+                .usage
+                .record(&report, binding.as_ref(), now)
+                .await
+                .map_err(Error::from)
+        };
+        let (usage, invalidated) = futures::future::try_join(recorded, dropped).await?;
+        let reason = match (report.outcome.invalidation_reason(), &invalidated) {
+            (_, Some(_)) => drop_reason.map_or(decision::BINDING_MOVED, InvalidationReason::as_str),
+            (Some(_), None) => decision::BINDING_MOVED,
+            (None, _) if report.outcome == UpstreamOutcome::ClientError => decision::CLIENT_ERROR_KEEPS_BINDING,
+            (None, _) => decision::SUCCESS_KEEPS_BINDING,
+        };
+        Ok(UsageDecision {
+            binding: usage,
+            invalidated,
+            reason,
+        })
+    }
+
+    /// One pass of the target watcher: every binding that points at a
+    /// provider, endpoint, provider key or client API key (or its owner)
+    /// that is disabled or deleted is dropped, guarded so a binding that
+    /// moved meanwhile stays. Returns how many went, by reason.
+    pub async fn drop_inactive_bindings(&self) -> Result<HashMap<InvalidationReason, u64>> {
+        let mut dropped: HashMap<InvalidationReason, u64> = HashMap::new();
+        for kind in TargetKind::ALL {
+            let ids = self.stores.affinities.referenced(kind, now_epoch()).await?;
+            for chunk in ids.chunks(crate::store::BATCH) {
+                for (id, reason) in self.stores.directory.inactive_targets(kind, chunk).await? {
+                    let affinities = self
+                        .stores
+                        .affinities
+                        .list_indexed(&[kind.index(id.clone())], now_epoch())
+                        .await?;
+                    let count = self.delete_listed(&affinities, &kind.guard(&id), false, reason).await?;
+                    if count > 0 {
+                        tracing::info!(kind = kind.as_str(), %id, count, reason = reason.as_str(), "dropped bindings to an inactive target");
+                        *dropped.entry(reason).or_default() += count;
+                    }
+                }
             }
         }
-        let affinity = Affinity {
-            key: key.clone(),
-            record: result.record.clone(),
-        };
-        self.publish(result.outcome.into(), affinity, result.previous.clone(), None)
-            .await;
-        Ok(result)
+        Ok(dropped)
     }
 
     /// Deletes the entry when the guards match; returns the deleted value.
@@ -216,11 +417,14 @@ impl AffinityEngine {
         let deleted = self.stores.affinities.invalidate(key, guard).await?;
         if let Some(record) = &deleted {
             self.pending.invalidated(reason, 1);
-            let affinity = Affinity {
-                key: key.clone(),
-                record: record.clone(),
-            };
-            self.publish(EventKind::Invalidated, affinity, None, Some(reason)).await;
+            self.publish(
+                EventKind::Invalidated,
+                key,
+                Some(record.clone()),
+                None,
+                Some(reason),
+                reason.as_str(),
+            );
         }
         Ok(deleted)
     }
@@ -252,16 +456,20 @@ impl AffinityEngine {
         })
     }
 
-    /// The shared counters plus this instance's unflushed deltas.
+    /// The shared counters plus this instance's unflushed deltas, and the
+    /// upstream usage totals.
     pub async fn stats(&self) -> Result<AffinityStats> {
-        let stored = self.stores.counters.load().await?;
-        let active = self.stores.affinities.count_live(now_epoch()).await?;
-        Ok(AffinityStats::from_counters(
-            self.storage_type(),
-            active,
-            &stored,
-            &self.pending.snapshot(),
-        ))
+        let (stored, active, usage) = futures::future::try_join3(
+            self.stores.counters.load(),
+            self.stores.affinities.count_live(now_epoch()),
+            self.stores.usage.totals(),
+        )
+        .await?;
+        let mut stats = AffinityStats::from_counters(self.storage_type(), active, &stored, &self.pending.snapshot());
+        stats.upstream = usage;
+        stats.evictions = self.stores.affinities.evictions();
+        stats.events_dropped = self.publisher.dropped();
+        Ok(stats)
     }
 
     /// Adds pending counter deltas to the shared store; on failure they are
@@ -288,8 +496,14 @@ impl AffinityEngine {
         self.stores.events.subscribe()
     }
 
-    async fn enrich(&self, affinities: Vec<Affinity>) -> Result<Vec<AffinityDetail>> {
-        listing::enrich(self.stores.directory.as_ref(), &self.stores.cipher, affinities).await
+    /// Names, masked keys and each binding's upstream usage.
+    async fn enrich(
+        &self,
+        affinities: Vec<Affinity>,
+    ) -> Result<(Vec<AffinityDetail>, HashMap<AffinityKey, BindingUsage>)> {
+        let usage = self.stores.usage.bindings(&affinities).await?;
+        let details = listing::enrich(self.stores.directory.as_ref(), &self.stores.cipher, affinities).await?;
+        Ok((details, usage))
     }
 
     /// The API key ids of a user.
@@ -311,10 +525,12 @@ impl AffinityEngine {
             .map(|a| a.record.endpoint_id.as_str())
             .collect::<std::collections::HashSet<_>>()
             .len();
+        let (details, usage) = self.enrich(affinities).await?;
         Ok(UserAffinities {
             user,
-            details: self.enrich(affinities).await?,
+            details,
             total_endpoints,
+            usage,
         })
     }
 
@@ -337,10 +553,12 @@ impl AffinityEngine {
         let now = now_epoch();
         if keyword.is_empty() {
             let page = self.stores.affinities.page(offset, limit, now).await?;
+            let (details, usage) = self.enrich(page.affinities).await?;
             return Ok(AffinityListing {
-                details: self.enrich(page.affinities).await?,
+                details,
                 next_page_token: page.next_offset.map(|next| PageToken::new(next, keyword).encode()),
                 total: page.total,
+                usage,
                 ..Default::default()
             });
         }
@@ -366,7 +584,7 @@ impl AffinityEngine {
         };
         let mut affinities = self.stores.affinities.list_indexed(&indexes, now).await?;
         newest_first(&mut affinities);
-        let mut details = self.enrich(affinities).await?;
+        let (mut details, usage) = self.enrich(affinities).await?;
         if substring {
             let lower = keyword.to_lowercase();
             details.retain(|d| d.matches_keyword(&lower));
@@ -376,6 +594,10 @@ impl AffinityEngine {
         let end = (start + limit as usize).min(details.len());
         listing.next_page_token = (end < details.len()).then(|| PageToken::new(end as u64, keyword).encode());
         listing.details = details.drain(start..end).collect();
+        listing.usage = usage
+            .into_iter()
+            .filter(|(key, _)| listing.details.iter().any(|d| &d.affinity.key == key))
+            .collect();
         Ok(listing)
     }
 
@@ -419,7 +641,12 @@ impl AffinityEngine {
         };
         let affinities = self.stores.affinities.list_indexed(&indexes, now_epoch()).await?;
         let count = self
-            .delete_listed(&affinities, &InvalidationGuard::default(), dry_run)
+            .delete_listed(
+                &affinities,
+                &InvalidationGuard::default(),
+                dry_run,
+                InvalidationReason::Admin,
+            )
             .await?;
         Ok((count, resolved))
     }
@@ -436,7 +663,8 @@ impl AffinityEngine {
             provider_id: Some(provider_id),
             ..Default::default()
         };
-        self.delete_listed(&affinities, &guard, dry_run).await
+        self.delete_listed(&affinities, &guard, dry_run, InvalidationReason::Admin)
+            .await
     }
 
     /// ClearAllAffinities: needs `confirm`.
@@ -454,19 +682,28 @@ impl AffinityEngine {
         Ok(count)
     }
 
-    async fn delete_listed(&self, affinities: &[Affinity], guard: &InvalidationGuard, dry_run: bool) -> Result<u64> {
+    async fn delete_listed(
+        &self,
+        affinities: &[Affinity],
+        guard: &InvalidationGuard,
+        dry_run: bool,
+        reason: InvalidationReason,
+    ) -> Result<u64> {
         let keys: Vec<AffinityKey> = affinities.iter().map(|a| a.key.clone()).collect();
         let count = self.stores.affinities.delete_many(&keys, guard, dry_run).await?;
         if !dry_run && count > 0 {
-            self.pending.invalidated(InvalidationReason::Admin, count as i64);
-            for affinity in affinities {
+            self.pending.invalidated(reason, count as i64);
+            // The guard held for these at listing time; an entry that moved
+            // meanwhile was left alone and is not announced.
+            for affinity in affinities.iter().filter(|a| guard.matches(&a.record)) {
                 self.publish(
                     EventKind::Invalidated,
-                    affinity.clone(),
+                    &affinity.key,
+                    Some(affinity.record.clone()),
                     None,
-                    Some(InvalidationReason::Admin),
-                )
-                .await;
+                    Some(reason),
+                    reason.as_str(),
+                );
             }
         }
         Ok(count)

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod events;
 pub mod listing;
 pub mod stats;
+pub mod usage;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +95,8 @@ pub enum IndexRef {
     Provider(String),
     /// Affinities pinned to one provider key.
     ProviderKey(String),
+    /// Affinities pinned to one endpoint.
+    Endpoint(String),
 }
 
 impl IndexRef {
@@ -103,6 +106,82 @@ impl IndexRef {
             Self::AffinityKey(id) => &affinity.key.affinity_key == id,
             Self::Provider(id) => &affinity.record.provider_id == id,
             Self::ProviderKey(id) => &affinity.record.key_id == id,
+            Self::Endpoint(id) => &affinity.record.endpoint_id == id,
+        }
+    }
+
+    /// Every index an entry belongs to.
+    pub fn all_of(key: &AffinityKey, record: &AffinityRecord) -> [Self; 4] {
+        TargetKind::ALL.map(|kind| kind.index(kind.id_of(key, record).to_owned()))
+    }
+}
+
+/// The rows of Aether's a binding points at; disabling or deleting one
+/// drops the bindings that point at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    /// `providers`.
+    Provider,
+    /// `provider_endpoints`.
+    Endpoint,
+    /// `provider_api_keys`.
+    ProviderKey,
+    /// `api_keys` (the client's key, and through it its owner in `users`).
+    ApiKey,
+}
+
+impl TargetKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::ApiKey, Self::Provider, Self::ProviderKey, Self::Endpoint];
+
+    /// Stored name (Redis key part).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Endpoint => "endpoint",
+            Self::ProviderKey => "pkey",
+            Self::ApiKey => "ak",
+        }
+    }
+
+    /// The index of the bindings that point at `id`.
+    pub fn index(self, id: String) -> IndexRef {
+        match self {
+            Self::Provider => IndexRef::Provider(id),
+            Self::Endpoint => IndexRef::Endpoint(id),
+            Self::ProviderKey => IndexRef::ProviderKey(id),
+            Self::ApiKey => IndexRef::AffinityKey(id),
+        }
+    }
+
+    /// The id of this kind an entry points at.
+    pub fn id_of<'a>(self, key: &'a AffinityKey, record: &'a AffinityRecord) -> &'a str {
+        match self {
+            Self::Provider => &record.provider_id,
+            Self::Endpoint => &record.endpoint_id,
+            Self::ProviderKey => &record.key_id,
+            Self::ApiKey => &key.affinity_key,
+        }
+    }
+
+    /// The guard that deletes an entry only while it still points at `id`
+    /// (an API key is part of the entry's key, so it needs none).
+    pub fn guard(self, id: &str) -> InvalidationGuard {
+        let id = Some(id.to_owned());
+        match self {
+            Self::Provider => InvalidationGuard {
+                provider_id: id,
+                ..Default::default()
+            },
+            Self::Endpoint => InvalidationGuard {
+                endpoint_id: id,
+                ..Default::default()
+            },
+            Self::ProviderKey => InvalidationGuard {
+                key_id: id,
+                ..Default::default()
+            },
+            Self::ApiKey => InvalidationGuard::default(),
         }
     }
 }
@@ -240,6 +319,9 @@ pub enum SetOutcome {
         /// Whether the provider changed (else only endpoint or key).
         provider_changed: bool,
     },
+    /// A switch was not allowed: nothing was written; the record is the
+    /// live entry left in place.
+    Refused,
 }
 
 /// Result of a write.
@@ -254,8 +336,16 @@ pub struct SetResult {
 }
 
 /// Applies Aether's write rules to the current value: the one definition of
-/// the sliding-TTL semantics (the Redis script mirrors it).
-pub fn apply_write(current: Option<&AffinityRecord>, key: &AffinityKey, write: &AffinityWrite, now: f64) -> SetResult {
+/// the sliding-TTL semantics (the Redis script mirrors it). Without
+/// `allow_switch`, a write that would replace a live entry's target is
+/// refused and the entry stays as it is.
+pub fn apply_write(
+    current: Option<&AffinityRecord>,
+    key: &AffinityKey,
+    write: &AffinityWrite,
+    now: f64,
+    allow_switch: bool,
+) -> SetResult {
     let expire_at = now + write.ttl.as_secs_f64();
     let fresh = |previous: Option<AffinityRecord>, outcome| SetResult {
         record: AffinityRecord {
@@ -283,6 +373,11 @@ pub fn apply_write(current: Option<&AffinityRecord>, key: &AffinityKey, write: &
                 previous: None,
             }
         }
+        Some(old) if !allow_switch => SetResult {
+            record: old.clone(),
+            outcome: SetOutcome::Refused,
+            previous: None,
+        },
         Some(old) => {
             let provider_changed = old.provider_id != write.target.provider_id;
             fresh(Some(old.clone()), SetOutcome::Switched { provider_changed })
@@ -302,6 +397,11 @@ pub struct InvalidationGuard {
 }
 
 impl InvalidationGuard {
+    /// Whether no guard is set (anything may be deleted).
+    pub fn is_empty(&self) -> bool {
+        self.endpoint_id.is_none() && self.key_id.is_none() && self.provider_id.is_none()
+    }
+
     /// Whether the stored record may be deleted.
     pub fn matches(&self, record: &AffinityRecord) -> bool {
         let ok = |guard: &Option<String>, actual: &str| guard.as_deref().is_none_or(|g| g == actual);
@@ -374,11 +474,11 @@ mod tests {
 
     #[test]
     fn write_rules_follow_aether() {
-        let created = apply_write(None, &key(), &write("p", "e"), 100.0);
+        let created = apply_write(None, &key(), &write("p", "e"), 100.0, true);
         assert_eq!(created.outcome, SetOutcome::Created);
         assert_eq!((created.record.request_count, created.record.expire_at), (1, 400.0));
 
-        let refreshed = apply_write(Some(&created.record), &key(), &write("p", "e"), 150.0);
+        let refreshed = apply_write(Some(&created.record), &key(), &write("p", "e"), 150.0, true);
         assert_eq!(refreshed.outcome, SetOutcome::Refreshed);
         assert_eq!(
             (refreshed.record.request_count, refreshed.record.created_at),
@@ -386,7 +486,7 @@ mod tests {
         );
         assert_eq!(refreshed.record.expire_at, 450.0);
 
-        let switched = apply_write(Some(&refreshed.record), &key(), &write("p", "e2"), 160.0);
+        let switched = apply_write(Some(&refreshed.record), &key(), &write("p", "e2"), 160.0, true);
         assert_eq!(
             switched.outcome,
             SetOutcome::Switched {
@@ -396,13 +496,19 @@ mod tests {
         assert_eq!((switched.record.request_count, switched.record.created_at), (1, 160.0));
         assert_eq!(switched.previous, Some(refreshed.record.clone()));
 
-        let expired = apply_write(Some(&refreshed.record), &key(), &write("p2", "e"), 10_000.0);
+        let expired = apply_write(Some(&refreshed.record), &key(), &write("p2", "e"), 10_000.0, true);
         assert_eq!(expired.outcome, SetOutcome::Created);
+
+        let refused = apply_write(Some(&refreshed.record), &key(), &write("p", "e2"), 160.0, false);
+        assert_eq!(refused.outcome, SetOutcome::Refused);
+        assert_eq!(refused.record, refreshed.record);
+        let still_refreshes = apply_write(Some(&refreshed.record), &key(), &write("p", "e"), 160.0, false);
+        assert_eq!(still_refreshes.outcome, SetOutcome::Refreshed);
     }
 
     #[test]
     fn guards_must_all_match() {
-        let record = apply_write(None, &key(), &write("p", "e"), 0.0).record;
+        let record = apply_write(None, &key(), &write("p", "e"), 0.0, true).record;
         assert!(InvalidationGuard::default().matches(&record));
         let guard = InvalidationGuard {
             endpoint_id: Some("e".into()),

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::events::InvalidationReason;
+use super::events::{InvalidationReason, decision};
+use super::usage::{UpstreamOutcome, UsageCounters, UsageGroup, UsageTotals};
 
 /// Counter names, shared by the store and the metrics.
 pub mod names {
@@ -23,7 +24,12 @@ pub mod names {
     pub const INVALIDATIONS: &str = "invalidations";
     /// Prefix of the per-reason invalidation counters.
     pub const INVALIDATIONS_BY_REASON: &str = "invalidations:";
+    /// Prefix of the per-reason counters of refused SetAffinity calls.
+    pub const REFUSALS_BY_REASON: &str = "refusals:";
 }
+
+/// The reasons a SetAffinity may be refused for.
+pub const REFUSAL_REASONS: [&str; 2] = [decision::UPSTREAM_FAILURE, decision::FLAPPING_GUARD];
 
 /// Deltas not yet added to the shared store.
 #[derive(Default)]
@@ -87,6 +93,14 @@ pub struct AffinityStats {
     pub invalidations: i64,
     /// Invalidations by reason label.
     pub invalidations_by_reason: HashMap<String, i64>,
+    /// Refused writes by reason.
+    pub refusals_by_reason: HashMap<String, i64>,
+    /// Upstream usage reported back.
+    pub upstream: UsageTotals,
+    /// Entries the memory store evicted at its cap.
+    pub evictions: u64,
+    /// Events this instance dropped because its publish queue was full.
+    pub events_dropped: u64,
 }
 
 impl AffinityStats {
@@ -118,6 +132,16 @@ impl AffinityStats {
             key_switches: get(names::KEY_SWITCHES),
             invalidations: get(names::INVALIDATIONS),
             invalidations_by_reason,
+            refusals_by_reason: REFUSAL_REASONS
+                .iter()
+                .map(|reason| {
+                    (
+                        (*reason).to_owned(),
+                        get(&format!("{}{reason}", names::REFUSALS_BY_REASON)),
+                    )
+                })
+                .collect(),
+            ..Default::default()
         }
     }
 
@@ -200,6 +224,33 @@ pub fn render_prometheus(stats: &AffinityStats) -> String {
         "Affinities removed, by reason.",
         &reasons,
     );
+    let labelled = |label: &str, counts: &HashMap<String, i64>| {
+        let mut samples: Vec<(String, f64)> = counts
+            .iter()
+            .map(|(value, count)| (format!("{{{label}=\"{}\"}}", label_value(value)), *count as f64))
+            .collect();
+        samples.sort_by(|a, b| a.0.cmp(&b.0));
+        samples
+    };
+    family(
+        "aether_control_affinity_refusals_total",
+        "counter",
+        "SetAffinity calls that wrote nothing, by reason.",
+        &labelled("reason", &stats.refusals_by_reason),
+    );
+    family(
+        "aether_control_affinity_evictions_total",
+        "counter",
+        "Entries the in-memory store evicted at its cap.",
+        &[(String::new(), stats.evictions as f64)],
+    );
+    family(
+        "aether_control_affinity_events_dropped_total",
+        "counter",
+        "Events this instance dropped because its publish queue was full.",
+        &[(String::new(), stats.events_dropped as f64)],
+    );
+    render_upstream(&mut family, &stats.upstream);
     let storage = format!("{{storage=\"{}\"}}", stats.storage_type);
     family(
         "aether_control_affinity_store_info",
@@ -249,6 +300,86 @@ pub fn render_prometheus(stats: &AffinityStats) -> String {
         family(name, "gauge", help, &[(String::new(), value)]);
     }
     out
+}
+
+/// A Prometheus label value: `\`, `"` and line feeds escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The upstream usage families: outcomes and tokens overall and per
+/// provider and global model (per provider key only in GetAffinityStats:
+/// keys are too many for a metrics label), and the derived cache-read ratio.
+fn render_upstream(family: &mut impl FnMut(&str, &str, &str, &[(String, f64)]), usage: &UsageTotals) {
+    let scopes = |group: Option<UsageGroup>| -> Vec<(String, UsageCounters)> {
+        match group {
+            None => vec![(String::new(), usage.total)],
+            Some(group) => usage
+                .group(group)
+                .map(|(id, counters)| {
+                    let label = match group {
+                        UsageGroup::Model => "global_model_id",
+                        _ => "provider_id",
+                    };
+                    (format!("{label}=\"{}\"", label_value(id)), *counters)
+                })
+                .collect(),
+        }
+    };
+    let join = |scope: &str, extra: &str| match (scope.is_empty(), extra.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => format!("{{{extra}}}"),
+        (false, true) => format!("{{{scope}}}"),
+        (false, false) => format!("{{{scope},{extra}}}"),
+    };
+    for (suffix, group) in [
+        ("", None),
+        ("_by_provider", Some(UsageGroup::Provider)),
+        ("_by_model", Some(UsageGroup::Model)),
+    ] {
+        let scoped = scopes(group);
+        let mut requests = Vec::new();
+        let mut tokens = Vec::new();
+        let mut ratios = Vec::new();
+        for (scope, counters) in &scoped {
+            for outcome in UpstreamOutcome::ALL {
+                let count = match outcome {
+                    UpstreamOutcome::Success => counters.successes,
+                    UpstreamOutcome::AuthError => counters.auth_errors,
+                    UpstreamOutcome::RateLimited => counters.rate_limited,
+                    UpstreamOutcome::ServerError => counters.server_errors,
+                    UpstreamOutcome::ClientError => counters.client_errors,
+                };
+                requests.push((join(scope, &format!("outcome=\"{}\"", outcome.as_str())), count as f64));
+            }
+            for (kind, count) in [
+                ("input", counters.input_tokens),
+                ("cache_read", counters.cache_read_tokens),
+                ("cache_creation", counters.cache_creation_tokens),
+            ] {
+                tokens.push((join(scope, &format!("kind=\"{kind}\"")), count as f64));
+            }
+            ratios.push((join(scope, ""), counters.cache_read_ratio()));
+        }
+        family(
+            &format!("aether_control_upstream_requests{suffix}_total"),
+            "counter",
+            "Upstream requests reported by RecordUpstreamUsage, by outcome.",
+            &requests,
+        );
+        family(
+            &format!("aether_control_upstream_tokens{suffix}_total"),
+            "counter",
+            "Prompt tokens reported by RecordUpstreamUsage: input (cache reads and writes included), cache_read, cache_creation.",
+            &tokens,
+        );
+        family(
+            &format!("aether_control_upstream_cache_read_ratio{suffix}"),
+            "gauge",
+            "Share of prompt tokens the upstream's cache served (cache_read / input).",
+            &ratios,
+        );
+    }
 }
 
 #[cfg(test)]
