@@ -54,11 +54,7 @@ RUN_TIMEOUT=${AETHER_CONTROL_ST_TIMEOUT:-90}
 # - negative_data_rejection: KNOWN SPEC GAP, left out until the generator says so: the proto3
 #   JSON mapping accepts `null` for any field as "unset" (e.g. {"email": null}), which the
 #   generated schemas do not express yet.
-# - allow_header_conformance: KNOWN DEFECT, left out until fixed: the shim's router lets a
-#   verb-less template swallow `:verb` paths (`/v1/affinities/k/CLAUDE/m:invalidate` also
-#   matches the GET/PUT route) and lists every matching template in `Allow` (DELETE
-#   model-mapping/{model_name} also matches `model-mapping/stats`).
-CHECKS=${AETHER_CONTROL_ST_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,missing_required_header,unsupported_method,use_after_free,ensure_resource_availability,ignored_auth}
+CHECKS=${AETHER_CONTROL_ST_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,missing_required_header,unsupported_method,allow_header_conformance,use_after_free,ensure_resource_availability,ignored_auth}
 
 # Operations left out, with why:
 # - WatchAffinityEvents (GET /v1/affinity-events): an NDJSON server stream that stays open

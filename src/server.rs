@@ -293,12 +293,13 @@ async fn http_listener(config: &Config, given: Option<TcpListener>) -> Result<Op
 fn serve_http(
     listener: Option<TcpListener>,
     grpc: crate::http::GrpcService,
+    authenticator: Arc<Authenticator>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<futures::future::BoxFuture<'static, Result<(), StartError>>, StartError> {
     let Some(listener) = listener else {
         return Ok(futures::future::ready(Ok(())).boxed());
     };
-    let router = crate::http::router(grpc).map_err(StartError::Http)?;
+    let router = crate::http::router(grpc, authenticator).map_err(StartError::Http)?;
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(http = %address, "serving the REST/JSON shim (/openapi.json, /healthz, /readyz)");
     let stopped = async move {
@@ -398,7 +399,7 @@ pub async fn serve(
             shared_cache: config.redis_url.is_some(),
         },
     );
-    let authenticator = authenticator(&config, &stores.cache, &stores.database)?;
+    let authenticator = Arc::new(authenticator(&config, &stores.cache, &stores.database)?);
     let auditor = Auditor::new(Arc::new(SeaOrmAuditSink::new(stores.database.connection().clone())));
     let metrics = Arc::new(ServiceMetrics::default());
     register_counters(&metrics, &users, &models, &auditor);
@@ -412,7 +413,7 @@ pub async fn serve(
     // not on the Server builder, so that both get them.
     let layers = tower::ServiceBuilder::new()
         .layer(envelope)
-        .layer(AuthLayer::new(Arc::new(authenticator)));
+        .layer(AuthLayer::new(authenticator.clone()));
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -434,6 +435,7 @@ pub async fn serve(
     let http_server = serve_http(
         http,
         crate::http::boxed(layers.clone().service(routes.clone())),
+        authenticator,
         drain_rx.clone(),
     )?;
     let server = Server::builder()

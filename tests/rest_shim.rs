@@ -228,6 +228,16 @@ async fn errors(addr: SocketAddr) {
     let info = error_detail(&reply, 401, 16, "ErrorInfo");
     assert_eq!(info["reason"], "MISSING_CREDENTIAL");
     assert_eq!(info["domain"], "aether-control");
+    // A body that cannot be transcoded is refused only after the credential
+    // is checked: without one, 401 as well; with one, 400 naming the body.
+    let usage_path = format!("/v1/affinities/{BOB_KEY}/CLAUDE/{MODEL}:recordUsage");
+    let bad_body = Some(r#"{"input_tokens": ""}"#);
+    let reply = http(addr, "POST", &usage_path, None, bad_body).await;
+    error_detail(&reply, 401, 16, "ErrorInfo");
+    let reply = http(addr, "POST", &usage_path, Some(tokens::READ), bad_body).await;
+    error_detail(&reply, 403, 7, "ErrorInfo");
+    let reply = call(addr, "POST", &usage_path, bad_body).await;
+    error_detail(&reply, 400, 3, "BadRequest");
     // The request id goes through as gRPC metadata and comes back, on errors too.
     let with_id = |token: &str| {
         format!(
@@ -291,6 +301,17 @@ async fn errors(addr: SocketAddr) {
     let reply = call(addr, "POST", "/api/admin/monitoring/cache", None).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.header("allow"), Some("DELETE"));
+    // A custom verb's path belongs to its own template, not to the GET / PUT
+    // template whose last variable could swallow `:invalidate`.
+    let verb_path = format!("/v1/affinities/{BOB_KEY}/CLAUDE/{MODEL}:invalidate");
+    for method in ["GET", "PUT"] {
+        let reply = call(addr, method, &verb_path, None).await;
+        assert_eq!((reply.status, reply.header("allow")), (405, Some("POST")), "{method}");
+    }
+    // The Allow header lists the path's own methods, not those of a less
+    // specific template that also matches.
+    let reply = call(addr, "POST", "/api/admin/monitoring/cache/model-mapping/stats", None).await;
+    assert_eq!((reply.status, reply.header("allow")), (405, Some("GET")));
 }
 
 async fn affinity_calls(addr: SocketAddr) {

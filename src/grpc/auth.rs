@@ -12,7 +12,35 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use crate::auth::{Authenticator, authorize, required_scope};
+use crate::auth::{Authenticator, Principal, authorize, required_scope};
+use crate::error::Error;
+
+/// Checks the credential in `headers` for a call to `path` (a gRPC method
+/// path): Ok(None) for open methods (health, reflection), the principal when
+/// it may call the method, else the refusal. The one check, used by the
+/// layer and by the REST shim before it reports a request it cannot
+/// transcode (a caller without credentials hears 401 first, as for gRPC).
+pub async fn check(
+    authenticator: &Authenticator,
+    headers: &http::HeaderMap,
+    path: &str,
+) -> Result<Option<Principal>, Error> {
+    let Some(needed) = required_scope(path) else {
+        return Ok(None);
+    };
+    let header = match headers.get(http::header::AUTHORIZATION).map(|v| v.to_str()) {
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            return Err(Error::Unauthenticated {
+                reason: "MALFORMED_CREDENTIAL",
+            });
+        }
+        None => None,
+    };
+    let principal = authenticator.authenticate(header).await?;
+    authorize(&principal, needed)?;
+    Ok(Some(principal))
+}
 
 /// Layer that wraps the whole router.
 #[derive(Clone)]
@@ -60,35 +88,20 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(needed) = required_scope(request.uri().path()) else {
+        if required_scope(request.uri().path()).is_none() {
             return Box::pin(self.inner.call(request));
-        };
+        }
         // The ready inner service goes with this call; a fresh clone stays.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.to_str().map(str::to_owned));
         Box::pin(async move {
-            let header = match header {
-                Some(Ok(value)) => Some(value),
-                Some(Err(_)) => {
-                    return Ok(Status::from(crate::error::Error::Unauthenticated {
-                        reason: "MALFORMED_CREDENTIAL",
-                    })
-                    .into_http());
-                }
-                None => None,
-            };
-            let checked = match authenticator.authenticate(header.as_deref()).await {
-                Ok(principal) => authorize(&principal, needed).map(|()| principal),
-                Err(error) => Err(error),
-            };
-            match checked {
+            let path = request.uri().path().to_owned();
+            match check(&authenticator, request.headers(), &path).await {
                 Ok(principal) => {
-                    request.extensions_mut().insert(principal);
+                    if let Some(principal) = principal {
+                        request.extensions_mut().insert(principal);
+                    }
                     inner.call(request).await
                 }
                 Err(error) => Ok(Status::from(error).into_http()),

@@ -158,8 +158,11 @@ where
             "rpc",
             method = %path,
             request_id = %id,
-            trace_id = trace_id.as_deref().unwrap_or_default()
+            trace_id = tracing::field::Empty
         );
+        if let Some(trace_id) = &trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
         Box::pin(crate::trace::with_trace_id(
             trace_id,
             async move {

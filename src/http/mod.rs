@@ -43,6 +43,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::Code;
 
+use crate::auth::Authenticator;
 use crate::proto::FILE_DESCRIPTOR_SET;
 pub use grpc::{GrpcService, boxed};
 use rules::{Binding, BodyRule};
@@ -68,19 +69,23 @@ pub(crate) fn json_options() -> SerializeOptions {
 
 struct Shim {
     grpc: GrpcService,
+    authenticator: Arc<Authenticator>,
     pool: DescriptorPool,
     bindings: Vec<Binding>,
     openapi: Bytes,
 }
 
-/// The REST router over `grpc` (the gRPC stack: layers and services). Fails
-/// only on a bad annotation, which is a build problem.
-pub fn router(grpc: GrpcService) -> Result<Router, String> {
+/// The REST router over `grpc` (the gRPC stack: layers and services);
+/// `authenticator` is the stack's, for requests that never reach it (a body
+/// that cannot be transcoded is refused after the credential is checked).
+/// Fails only on a bad annotation, which is a build problem.
+pub fn router(grpc: GrpcService, authenticator: Arc<Authenticator>) -> Result<Router, String> {
     let pool = descriptor_pool()?;
     let bindings = rules::bindings(&pool)?;
     let openapi = openapi::document(&bindings, &pool).to_string();
     let shim = Arc::new(Shim {
         grpc,
+        authenticator,
         pool,
         bindings,
         openapi: Bytes::from(openapi),
@@ -166,39 +171,47 @@ impl Route<'_> {
     }
 }
 
-impl Shim {
-    /// The most specific binding of `method` matching `path`.
-    fn route(&self, method: &Method, path: &str) -> Route<'_> {
-        let mut best: Option<(&Binding, Vec<(String, String)>)> = None;
-        let mut allowed: Vec<&str> = Vec::new();
-        for binding in &self.bindings {
-            let Some(values) = binding.template.matches(path) else {
-                continue;
-            };
-            if binding.http_method != *method {
-                if !allowed.contains(&binding.http_method.as_str()) {
-                    allowed.push(binding.http_method.as_str());
-                }
-                continue;
+/// The most specific binding of `method` matching `path`. A path that
+/// a template with a custom verb (`...:invalidate`) matches belongs to
+/// the verb's templates only: a verb-less template whose last variable
+/// would swallow the `:verb` does not count. A wrong method is answered
+/// with the methods of the most specific templates that match (the
+/// path's own, as the OpenAPI document lists them).
+fn route<'a>(bindings: &'a [Binding], method: &Method, path: &str) -> Route<'a> {
+    let mut matching: Vec<(&Binding, Vec<(String, String)>)> = bindings
+        .iter()
+        .filter_map(|binding| Some((binding, binding.template.matches(path)?)))
+        .collect();
+    if matching.iter().any(|(binding, _)| binding.template.has_verb()) {
+        matching.retain(|(binding, _)| binding.template.has_verb());
+    }
+    let top = matching.iter().map(|(binding, _)| binding.template.specificity()).max();
+    let mut best: Option<(&Binding, Vec<(String, String)>)> = None;
+    let mut allowed: Vec<&str> = Vec::new();
+    for (binding, values) in matching {
+        if binding.http_method != *method {
+            if Some(binding.template.specificity()) == top && !allowed.contains(&binding.http_method.as_str()) {
+                allowed.push(binding.http_method.as_str());
             }
-            if best
-                .as_ref()
-                .is_none_or(|(current, _)| binding.template.specificity() > current.template.specificity())
-            {
-                best = Some((binding, values));
-            }
+            continue;
         }
-        match best {
-            Some((binding, values)) => Route::Found(binding, values),
-            None if allowed.is_empty() => Route::NotFound,
-            None => Route::WrongMethod(allowed.join(", ")),
+        if best
+            .as_ref()
+            .is_none_or(|(current, _)| binding.template.specificity() > current.template.specificity())
+        {
+            best = Some((binding, values));
         }
+    }
+    match best {
+        Some((binding, values)) => Route::Found(binding, values),
+        None if allowed.is_empty() => Route::NotFound,
+        None => Route::WrongMethod(allowed.join(", ")),
     }
 }
 
 async fn transcode(State(shim): State<Arc<Shim>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let (binding, path_values) = match shim.route(&parts.method, parts.uri.path()) {
+    let (binding, path_values) = match route(&shim.bindings, &parts.method, parts.uri.path()) {
         Route::Found(binding, values) => (binding, values),
         other => return other.error(),
     };
@@ -218,7 +231,14 @@ async fn transcode(State(shim): State<Arc<Shim>>, request: Request) -> Response 
     };
     let mut request_id = None;
     let result = async {
-        let message = transcode::request_message(binding, &path_values, parts.uri.query(), &body)?;
+        let message = match transcode::request_message(binding, &path_values, parts.uri.query(), &body) {
+            Ok(message) => message,
+            Err(invalid) => {
+                // A caller without the right credential hears that first.
+                crate::grpc::auth::check(&shim.authenticator, &parts.headers, &binding.grpc_path).await?;
+                return Err(invalid);
+            }
+        };
         let replies = grpc::call(&shim.grpc, &binding.grpc_path, &message.encode_to_vec(), &parts.headers).await?;
         request_id = replies.request_id().cloned();
         if binding.method.is_server_streaming() {
@@ -246,15 +266,8 @@ mod tests {
         let pool = descriptor_pool().expect("pool");
         assert!(pool.get_message_by_name("google.rpc.BadRequest").is_some());
         assert!(pool.get_message_by_name("aether.control.v1.Affinity").is_some());
-        let shim = Shim {
-            grpc: boxed(tower::service_fn(|_: axum::http::Request<tonic::body::Body>| async {
-                Ok::<_, std::convert::Infallible>(axum::http::Response::new(tonic::body::Body::empty()))
-            })),
-            bindings: rules::bindings(&pool).unwrap(),
-            pool,
-            openapi: Bytes::new(),
-        };
-        let found = |method: Method, path: &str| match shim.route(&method, path) {
+        let bindings = rules::bindings(&pool).unwrap();
+        let found = |method: Method, path: &str| match route(&bindings, &method, path) {
             Route::Found(binding, values) => (binding.operation_id.clone(), values),
             _ => panic!("{method} {path} should be routed"),
         };
@@ -271,10 +284,10 @@ mod tests {
             found(Method::DELETE, "/api/admin/monitoring/cache/model-mapping/m").1,
             [("model_name".to_owned(), "m".to_owned())]
         );
-        let wrong = shim.route(&Method::POST, "/api/admin/monitoring/cache").error();
+        let wrong = route(&bindings, &Method::POST, "/api/admin/monitoring/cache").error();
         assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(wrong.headers()[header::ALLOW], "DELETE");
-        let missing = shim.route(&Method::GET, "/nope").error();
+        let missing = route(&bindings, &Method::GET, "/nope").error();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -150,6 +150,11 @@ impl PathTemplate {
         self.variables.iter().map(|v| v.field_path.as_str())
     }
 
+    /// Whether the template ends in a custom verb (`:name`).
+    pub fn has_verb(&self) -> bool {
+        self.verb.is_some()
+    }
+
     /// How specific the template is: literal segments (and a verb) win when
     /// several templates match one path.
     pub fn specificity(&self) -> usize {

@@ -425,10 +425,11 @@ impl RedisAffinityStore {
                 )
                 .await
         }));
+        // The four referenced-id sets are pruned by score on every watcher
+        // pass; only the per-id indexes need a TTL to not pile up.
         let expiries = futures::future::try_join_all(
             by_index
                 .keys()
-                .chain(referenced.keys())
                 .map(|index| client.expire::<i64, _>(index, INDEX_TTL_SECONDS, None)),
         );
         let (added, _, _) = futures::future::try_join3(added, registered, expiries)

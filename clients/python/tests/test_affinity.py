@@ -367,3 +367,53 @@ def test_redis_holds_aethers_key_and_json(server, affinities):
     assert stored["request_count"] == 1
     assert abs(stored["expire_at"] - entry.expire_at.ToNanoseconds() / 1e9) < 1
     assert 0 < ttl <= 300
+
+
+def test_record_upstream_usage_measures_the_binding_and_heals_it(affinities):
+    pin(affinities, world.BOB_KEY, "CLAUDE", world.ALPHA, world.ALPHA_ENDPOINT, world.ALPHA_KEY)
+    before = affinities.GetAffinityStats(pb.GetAffinityStatsRequest()).stats.upstream
+    served_by = dict(
+        affinity_key=world.BOB_KEY,
+        api_format="CLAUDE",
+        global_model_id=world.MODEL,
+        provider_id=world.ALPHA,
+        endpoint_id=world.ALPHA_ENDPOINT,
+        key_id=world.ALPHA_KEY,
+    )
+    success = affinities.RecordUpstreamUsage(
+        pb.RecordUpstreamUsageRequest(
+            outcome=pb.UPSTREAM_OUTCOME_SUCCESS, input_tokens=1000, cache_read_tokens=900, **served_by
+        )
+    )
+    assert success.binding_matched and not success.invalidated
+    assert success.decision_reason == "success_keeps_binding"
+    assert success.binding_usage.usage.requests == 1
+    assert success.binding_usage.usage.cache_read_ratio == pytest.approx(0.9)
+    assert success.binding_usage.last_outcome == pb.UPSTREAM_OUTCOME_SUCCESS
+    after = affinities.GetAffinityStats(pb.GetAffinityStatsRequest()).stats.upstream
+    assert (after.requests - before.requests, after.cache_read_tokens - before.cache_read_tokens) == (1, 900)
+
+    # Counts a provider reports un-normalised (cache reads beyond the input)
+    # are refused with the field named; an outcome is required.
+    failure = fails(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        affinities.RecordUpstreamUsage,
+        pb.RecordUpstreamUsageRequest(
+            outcome=pb.UPSTREAM_OUTCOME_SUCCESS, input_tokens=10, cache_read_tokens=900, **served_by
+        ),
+    )
+    assert [v.field for v in failure.bad_request.field_violations] == ["input_tokens"]
+    failure = fails(grpc.StatusCode.INVALID_ARGUMENT, affinities.RecordUpstreamUsage, pb.RecordUpstreamUsageRequest(**served_by))
+    assert [v.field for v in failure.bad_request.field_violations] == ["outcome"]
+
+    # A rate limit of the pinned target drops the binding, as Aether does.
+    dropped = affinities.RecordUpstreamUsage(
+        pb.RecordUpstreamUsageRequest(outcome=pb.UPSTREAM_OUTCOME_RATE_LIMITED, **served_by)
+    )
+    assert dropped.invalidated and dropped.decision_reason == "upstream_rate_limit"
+    assert dropped.invalidated_affinity.endpoint_id == world.ALPHA_ENDPOINT
+    fails(
+        grpc.StatusCode.NOT_FOUND,
+        affinities.GetAffinity,
+        pb.GetAffinityRequest(affinity_key=world.BOB_KEY, api_format="CLAUDE", global_model_id=world.MODEL),
+    )
