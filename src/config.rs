@@ -196,6 +196,12 @@ pub struct Config {
     #[arg(long, env = "AETHER_CONTROL_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Where to export traces over OTLP/gRPC (e.g. `http://otel-collector:4317`);
+    /// off when unset. Each call's span is a child of the caller's
+    /// `traceparent`.
+    #[arg(long, env = "AETHER_CONTROL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format: text or json.
     #[arg(long, env = "AETHER_CONTROL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -310,6 +316,14 @@ impl Config {
         }
         if !(1..=3600).contains(&self.reconcile_interval_seconds) {
             return Err(invalid("AETHER_CONTROL_RECONCILE_INTERVAL_SECONDS", "must be 1..=3600"));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "AETHER_CONTROL_OTLP_ENDPOINT",
+                "must be an http:// or https:// URL",
+            ));
         }
         if !(1..=3600).contains(&self.target_watch_interval_seconds) {
             return Err(invalid(
@@ -504,6 +518,7 @@ mod tests {
                 &["--memory-max-affinities", "0"],
                 "AETHER_CONTROL_MEMORY_MAX_AFFINITIES",
             ),
+            (&["--otlp-endpoint", "collector:4317"], "AETHER_CONTROL_OTLP_ENDPOINT"),
         ];
         for (args, name) in cases {
             let err = parse(args).validate().unwrap_err();

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod trace;

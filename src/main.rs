@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use aether_control::config::{Config, LogFormat};
+use aether_control::config::Config;
 use aether_control::server;
-use tracing_subscriber::EnvFilter;
+use aether_control::telemetry::Telemetry;
 
 /// Exit code for an unusable configuration (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -12,20 +12,18 @@ const EXIT_CONFIG: u8 = 78;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::from_args();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
-
     if let Err(error) = config.validate() {
         eprintln!("aether-control: configuration error: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let telemetry = match Telemetry::init(config.log_format, config.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("aether-control: configuration error: AETHER_CONTROL_OTLP_ENDPOINT: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -33,7 +31,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::serve(config, listener, None, shutdown_signal()).await {
+    let code = match server::serve(config, listener, None, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -42,7 +40,9 @@ async fn main() -> ExitCode {
             eprintln!("aether-control: {error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 /// Resolves on SIGINT or SIGTERM.

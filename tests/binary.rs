@@ -33,12 +33,15 @@ fn command() -> Command {
     command
 }
 
-#[tokio::test]
-async fn embedded_default_serves_reflection_and_stops_on_sigterm() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut child = command()
+/// The binary, started with `command` on ephemeral ports in `data_dir`;
+/// returns it, its gRPC address and its log lines.
+fn start(
+    mut command: Command,
+    data_dir: &std::path::Path,
+) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir.path())
+        .arg(data_dir)
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
@@ -59,6 +62,13 @@ async fn embedded_default_serves_reflection_and_stops_on_sigterm() {
         }
     };
     eprintln!("listening after {:?}", started.elapsed());
+    (child, address, rx)
+}
+
+#[tokio::test]
+async fn embedded_default_serves_reflection_and_stops_on_sigterm() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut child, address, _logs) = start(command(), data_dir.path());
     assert!(
         data_dir.path().join("aether-control.db").exists(),
         "SQLite created in the data dir"
@@ -129,6 +139,53 @@ async fn embedded_default_serves_reflection_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
+}
+
+#[tokio::test]
+async fn spans_are_exported_to_the_configured_otlp_endpoint() {
+    // A bare TCP listener stands in for the collector: the exporter opening an
+    // HTTP/2 connection to it and sending its preface shows spans are exported.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut command = command();
+    command
+        .args(["--otlp-endpoint", &endpoint])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (mut child, address, _logs) = start(command, data_dir.path());
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut check = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+    check.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(check)
+        .await
+        .expect("health answers with the exporter on");
+
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(15), collector.accept())
+        .await
+        .expect("the exporter connects within 15 s")
+        .unwrap();
+    let mut preface = [0u8; 14];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut preface),
+    )
+    .await
+    .expect("the exporter speaks")
+    .unwrap();
+    assert_eq!(&preface, b"PRI * HTTP/2.0", "an OTLP/gRPC (HTTP/2) export");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -163,6 +163,7 @@ where
         if let Some(trace_id) = &trace_id {
             span.record("trace_id", trace_id.as_str());
         }
+        crate::telemetry::link_to_caller(&span, request.headers());
         Box::pin(crate::trace::with_trace_id(
             trace_id,
             async move {
