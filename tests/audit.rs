@@ -8,7 +8,7 @@ use aether_control::proto::affinity_service_client::AffinityServiceClient;
 use aether_control::proto::*;
 use common::fixtures::{self, ALICE_KEY_1, ALPHA, ALPHA_ENDPOINT, ALPHA_KEY, MODEL};
 use common::server::TestServer;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, QueryOrder, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, EntityTrait, QueryOrder};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -21,18 +21,10 @@ async fn clears_are_audited_as_aether_audits_them() {
     let server = TestServer::start(&["--database-url", &url, "--jwt-secret-key", common::jwt::SECRET]).await;
     fixtures::seed(&url).await;
     let db = Database::connect(&url).await.unwrap();
-    users::ActiveModel {
-        id: Set(ADMIN_ID.into()),
-        email: Set("admin@example.com".into()),
-        username: Set("admin".into()),
-        role: Set(users::UserRole::Admin),
-        is_active: Set(true),
-        is_deleted: Set(false),
-        ..Default::default()
-    }
-    .insert(&db)
-    .await
-    .unwrap();
+    fixtures::user(ADMIN_ID, "admin", "admin@example.com", users::UserRole::Admin)
+        .insert(&db)
+        .await
+        .unwrap();
 
     let mut service_client = AffinityServiceClient::new(server.channel().await);
     service_client

@@ -72,13 +72,8 @@ const ADMIN_ID: &str = "11111111-2222-4333-8444-555555555555";
 async fn add_user(url: &str, id: &str, role: users::UserRole, active: bool) {
     let db = Database::connect(url).await.unwrap();
     users::ActiveModel {
-        id: Set(id.into()),
-        email: Set(format!("{id}@example.com")),
-        username: Set(id.into()),
-        role: Set(role),
         is_active: Set(active),
-        is_deleted: Set(false),
-        ..Default::default()
+        ..common::fixtures::user(id, id, &format!("{id}@example.com"), role)
     }
     .insert(&db)
     .await

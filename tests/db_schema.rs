@@ -180,15 +180,9 @@ async fn assert_postgres_column_types(db: &DatabaseConnection) {
 
 async fn insert_one_row_per_table(db: &DatabaseConnection) {
     users::ActiveModel {
-        id: Set(USER_ID.to_owned()),
-        email: Set("admin@example.com".to_owned()),
-        username: Set("admin".to_owned()),
-        role: Set(UserRole::Admin),
-        is_active: Set(true),
-        is_deleted: Set(false),
         quota_usd: Set(Some(12.5)),
         allowed_models: Set(Some(json!(["claude-sonnet-4"]))),
-        ..Default::default()
+        ..common::fixtures::user(USER_ID, "admin", "admin@example.com", UserRole::Admin)
     }
     .insert(db)
     .await
@@ -206,50 +200,24 @@ async fn insert_one_row_per_table(db: &DatabaseConnection) {
     .insert(db)
     .await
     .expect("insert api key");
-    providers::ActiveModel {
-        id: Set(PROVIDER_ID.to_owned()),
-        name: Set("anthropic".to_owned()),
-        display_name: Set("Anthropic".to_owned()),
-        is_active: Set(true),
-        billing_type: Set(ProviderBillingType::PayAsYouGo),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert provider");
+    common::fixtures::provider(PROVIDER_ID, "anthropic", "Anthropic")
+        .insert(db)
+        .await
+        .expect("insert provider");
     provider_endpoints::ActiveModel {
-        id: Set(ENDPOINT_ID.to_owned()),
-        provider_id: Set(PROVIDER_ID.to_owned()),
-        api_format: Set("CLAUDE".to_owned()),
-        base_url: Set("https://api.anthropic.com".to_owned()),
-        is_active: Set(true),
         proxy: Set(Some(json!({"url": "http://proxy:3128"}))),
-        ..Default::default()
+        ..common::fixtures::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
     }
     .insert(db)
     .await
     .expect("insert endpoint");
-    provider_api_keys::ActiveModel {
-        id: Set(PROVIDER_KEY_ID.to_owned()),
-        endpoint_id: Set(ENDPOINT_ID.to_owned()),
-        api_key: Set("gAAAAA-encrypted".to_owned()),
-        name: Set("primary".to_owned()),
-        rate_multiplier: Set(1.5),
-        cache_ttl_minutes: Set(5),
-        is_active: Set(true),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert provider key");
+    common::fixtures::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
+        .insert(db)
+        .await
+        .expect("insert provider key");
     global_models::ActiveModel {
-        id: Set(GLOBAL_MODEL_ID.to_owned()),
-        name: Set("claude-sonnet-4".to_owned()),
-        display_name: Set("Claude Sonnet 4".to_owned()),
-        is_active: Set(true),
         config: Set(Some(json!({"streaming": true}))),
-        default_tiered_pricing: Set(json!({"tiers": []})),
-        ..Default::default()
+        ..common::fixtures::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
     }
     .insert(db)
     .await

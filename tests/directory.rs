@@ -7,15 +7,12 @@ mod common;
 use std::collections::HashMap;
 
 use aether_control::db::directory::SeaOrmDirectory;
-use aether_control::db::entities::{
-    api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
-};
+use aether_control::db::entities::{api_keys, system_configs, users};
 use aether_control::domain::directory::{
     ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
 };
 use common::pg::TestDatabase;
 use migration::{Migrator, MigratorTrait};
-use providers::ProviderBillingType;
 use sea_orm::{ActiveModelTrait, Database, DatabaseConnection, Set};
 use serde_json::json;
 use users::UserRole;
@@ -385,18 +382,10 @@ async fn search_is_a_literal_case_insensitive_substring_match(directory: &SeaOrm
 
 async fn insert_rows(db: &DatabaseConnection) {
     for (id, username, email) in [(USER_A, ALICE, ALICE_EMAIL), (USER_B, ALICE_EMAIL, BOB_EMAIL)] {
-        users::ActiveModel {
-            id: Set(id.to_owned()),
-            email: Set(email.to_owned()),
-            username: Set(username.to_owned()),
-            role: Set(UserRole::User),
-            is_active: Set(true),
-            is_deleted: Set(false),
-            ..Default::default()
-        }
-        .insert(db)
-        .await
-        .expect("insert user");
+        common::fixtures::user(id, username, email, UserRole::User)
+            .insert(db)
+            .await
+            .expect("insert user");
     }
     let api_key_rows = [
         (KEY_A1, USER_A, Some(KEY_A1_NAME), Some("enc-a1"), false),
@@ -419,52 +408,22 @@ async fn insert_rows(db: &DatabaseConnection) {
         .await
         .expect("insert api key");
     }
-    providers::ActiveModel {
-        id: Set(PROVIDER_ID.to_owned()),
-        name: Set("anthropic".to_owned()),
-        display_name: Set("Anthropic".to_owned()),
-        is_active: Set(true),
-        billing_type: Set(ProviderBillingType::PayAsYouGo),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert provider");
-    provider_endpoints::ActiveModel {
-        id: Set(ENDPOINT_ID.to_owned()),
-        provider_id: Set(PROVIDER_ID.to_owned()),
-        api_format: Set("CLAUDE".to_owned()),
-        base_url: Set("https://api.anthropic.com".to_owned()),
-        is_active: Set(true),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert endpoint");
-    provider_api_keys::ActiveModel {
-        id: Set(PROVIDER_KEY_ID.to_owned()),
-        endpoint_id: Set(ENDPOINT_ID.to_owned()),
-        api_key: Set("gAAAAA-encrypted".to_owned()),
-        name: Set("primary".to_owned()),
-        rate_multiplier: Set(1.5),
-        cache_ttl_minutes: Set(5),
-        is_active: Set(true),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert provider key");
-    global_models::ActiveModel {
-        id: Set(GLOBAL_MODEL_ID.to_owned()),
-        name: Set("claude-sonnet-4".to_owned()),
-        display_name: Set("Claude Sonnet 4".to_owned()),
-        is_active: Set(true),
-        default_tiered_pricing: Set(json!({"tiers": []})),
-        ..Default::default()
-    }
-    .insert(db)
-    .await
-    .expect("insert global model");
+    common::fixtures::provider(PROVIDER_ID, "anthropic", "Anthropic")
+        .insert(db)
+        .await
+        .expect("insert provider");
+    common::fixtures::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
+        .insert(db)
+        .await
+        .expect("insert endpoint");
+    common::fixtures::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
+        .insert(db)
+        .await
+        .expect("insert provider key");
+    common::fixtures::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
+        .insert(db)
+        .await
+        .expect("insert global model");
     for (n, (key, value)) in [
         (
             "provider_priority_mode",

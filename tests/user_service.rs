@@ -73,33 +73,20 @@ async fn seed_users(url: &str) {
     fixtures::seed(url).await;
     let db = Database::connect(url).await.expect("connect to fixture database");
     let carol = users::ActiveModel {
-        id: Set(CAROL.into()),
-        email: Set(CAROL_EMAIL.into()),
-        username: Set("carol".into()),
-        role: Set(users::UserRole::Admin),
         is_active: Set(false),
-        is_deleted: Set(false),
         quota_usd: Set(Some(12.5)),
         used_usd: Set(None),
         created_at: Set(at(CAROL_CREATED)),
         updated_at: Set(at(CAROL_CREATED)),
         last_login_at: Set(Some(at(CAROL_LOGIN))),
-        ..Default::default()
+        ..fixtures::user(CAROL, "carol", CAROL_EMAIL, users::UserRole::Admin)
     };
     carol.insert(&db).await.expect("insert carol");
     for (id, username, email) in [(DAVE, CAROL_EMAIL, DAVE_EMAIL), (GLOB, "glob", GLOB_EMAIL)] {
-        users::ActiveModel {
-            id: Set(id.into()),
-            email: Set(email.into()),
-            username: Set(username.into()),
-            role: Set(users::UserRole::User),
-            is_active: Set(true),
-            is_deleted: Set(false),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert user");
+        fixtures::user(id, username, email, users::UserRole::User)
+            .insert(&db)
+            .await
+            .expect("insert user");
     }
     for (id, owner) in [(BOB_ODD_KEY, BOB), (CAROL_KEY, CAROL)] {
         api_keys::ActiveModel {

@@ -22,24 +22,80 @@ pub const ALPHA_KEY: &str = "pk-alpha";
 pub const BETA_KEY: &str = "pk-beta";
 pub const MODEL: &str = "gm-sonnet";
 
+/// A `users` row: active, not deleted, with `role`; other columns by struct
+/// update (`users::ActiveModel { quota_usd: .., ..fixtures::user(..) }`).
+pub fn user(id: &str, username: &str, email: &str, role: users::UserRole) -> users::ActiveModel {
+    users::ActiveModel {
+        id: Set(id.into()),
+        email: Set(email.into()),
+        username: Set(username.into()),
+        role: Set(role),
+        is_active: Set(true),
+        is_deleted: Set(false),
+        ..Default::default()
+    }
+}
+
+/// An active pay-as-you-go `providers` row.
+pub fn provider(id: &str, name: &str, display_name: &str) -> providers::ActiveModel {
+    providers::ActiveModel {
+        id: Set(id.into()),
+        name: Set(name.into()),
+        display_name: Set(display_name.into()),
+        is_active: Set(true),
+        billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
+        ..Default::default()
+    }
+}
+
+/// An active `provider_endpoints` row.
+pub fn endpoint(id: &str, provider_id: &str, api_format: &str, base_url: &str) -> provider_endpoints::ActiveModel {
+    provider_endpoints::ActiveModel {
+        id: Set(id.into()),
+        provider_id: Set(provider_id.into()),
+        api_format: Set(api_format.into()),
+        base_url: Set(base_url.into()),
+        is_active: Set(true),
+        ..Default::default()
+    }
+}
+
+/// An active `provider_api_keys` row (rate 1.5, cache TTL 5 minutes).
+pub fn provider_key(id: &str, endpoint_id: &str, api_key: &str, name: &str) -> provider_api_keys::ActiveModel {
+    provider_api_keys::ActiveModel {
+        id: Set(id.into()),
+        endpoint_id: Set(endpoint_id.into()),
+        api_key: Set(api_key.into()),
+        name: Set(name.into()),
+        rate_multiplier: Set(1.5),
+        cache_ttl_minutes: Set(5),
+        is_active: Set(true),
+        ..Default::default()
+    }
+}
+
+/// An active `global_models` row without tiers.
+pub fn global_model(id: &str, name: &str, display_name: &str) -> global_models::ActiveModel {
+    global_models::ActiveModel {
+        id: Set(id.into()),
+        name: Set(name.into()),
+        display_name: Set(display_name.into()),
+        is_active: Set(true),
+        default_tiered_pricing: Set(json!({"tiers": []})),
+        ..Default::default()
+    }
+}
+
 /// Inserts the world into the database at `url` (schema already migrated).
 pub async fn seed(url: &str) {
     let db = Database::connect(url).await.expect("connect to fixture database");
     // The service decrypts with the development default key, as here.
     let cipher = KeyCipher::from_secret(None, false).expect("dev cipher");
     for (id, username, email) in [(ALICE, "alice", "alice@example.com"), (BOB, "bob", "bob@example.com")] {
-        users::ActiveModel {
-            id: Set(id.into()),
-            email: Set(email.into()),
-            username: Set(username.into()),
-            role: Set(users::UserRole::User),
-            is_active: Set(true),
-            is_deleted: Set(false),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert user");
+        user(id, username, email, users::UserRole::User)
+            .insert(&db)
+            .await
+            .expect("insert user");
     }
     for (id, user, name, plaintext) in [
         (ALICE_KEY_1, ALICE, "alice laptop", "sk-alice-laptop-0001"),
@@ -60,7 +116,7 @@ pub async fn seed(url: &str) {
         .await
         .expect("insert api key");
     }
-    for (provider, display, endpoint, format, key, secret) in [
+    for (name, display, endpoint_id, format, key, secret) in [
         (
             ALPHA,
             "Alpha Cloud",
@@ -78,53 +134,23 @@ pub async fn seed(url: &str) {
             "sk-upstream-beta-000222",
         ),
     ] {
-        providers::ActiveModel {
-            id: Set(provider.into()),
-            name: Set(provider.into()),
-            display_name: Set(display.into()),
-            is_active: Set(true),
-            billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert provider");
-        provider_endpoints::ActiveModel {
-            id: Set(endpoint.into()),
-            provider_id: Set(provider.into()),
-            api_format: Set(format.into()),
-            base_url: Set(format!("https://{provider}.example/v1")),
-            is_active: Set(true),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert endpoint");
-        provider_api_keys::ActiveModel {
-            id: Set(key.into()),
-            endpoint_id: Set(endpoint.into()),
-            api_key: Set(cipher.encrypt(secret)),
-            name: Set(format!("{provider} key")),
-            rate_multiplier: Set(1.5),
-            cache_ttl_minutes: Set(5),
-            is_active: Set(true),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert provider key");
+        provider(name, name, display)
+            .insert(&db)
+            .await
+            .expect("insert provider");
+        endpoint(endpoint_id, name, format, &format!("https://{name}.example/v1"))
+            .insert(&db)
+            .await
+            .expect("insert endpoint");
+        provider_key(key, endpoint_id, &cipher.encrypt(secret), &format!("{name} key"))
+            .insert(&db)
+            .await
+            .expect("insert provider key");
     }
-    global_models::ActiveModel {
-        id: Set(MODEL.into()),
-        name: Set("claude-sonnet-4".into()),
-        display_name: Set("Claude Sonnet 4".into()),
-        is_active: Set(true),
-        default_tiered_pricing: Set(json!({"tiers": []})),
-        ..Default::default()
-    }
-    .insert(&db)
-    .await
-    .expect("insert global model");
+    global_model(MODEL, "claude-sonnet-4", "Claude Sonnet 4")
+        .insert(&db)
+        .await
+        .expect("insert global model");
     system_configs::ActiveModel {
         id: Set("sc-scheduling".into()),
         key: Set("scheduling_mode".into()),
