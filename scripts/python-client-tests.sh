@@ -34,37 +34,10 @@ PYTHON=${PYTHON:-python3}
 VENV=${AETHER_CONTROL_PY_VENV:-$ROOT/.tools/pyvenv}
 REQUIREMENTS=clients/python/requirements.txt
 
-# --- Python and its venv module ---------------------------------------------
-command -v "$PYTHON" >/dev/null ||
-  die "$PYTHON is not installed: the Python client tests need Python >= 3.9 with venv" \
-    "(Debian: apt-get install python3 python3-venv)"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
-  die "$("$PYTHON" --version 2>&1) is too old: the Python client tests need Python >= 3.9"
-"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
-  die "$PYTHON has no working venv module (Debian: apt-get install python3-venv)"
-
-# --- the venv, keyed on the requirements and the interpreter ----------------
-mkdir -p "$(dirname "$VENV")"
-stamp=$( {
-  cat "$REQUIREMENTS"
-  "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'
-} | sha256sum | cut -d' ' -f1)
-(
-  # One installer at a time (concurrent runs share .tools/pyvenv).
-  if command -v flock >/dev/null; then flock 9; fi
-  if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$stamp" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
-    exit 0
-  fi
-  say "creating $VENV from $REQUIREMENTS"
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed (Debian: apt-get install python3-venv)"
-  # Wheels only: a missing wheel fails now instead of compiling grpcio for half an hour.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    --only-binary=:all: -r "$REQUIREMENTS" ||
-    die "pip could not install $REQUIREMENTS (needs PyPI, or a pip index/find-links with those wheels)"
-  # Written last: an interrupted install is redone next time.
-  echo "$stamp" >"$VENV/.requirements.sha256"
-) 9>"$VENV.lock"
+# --- Python and the venv -----------------------------------------------------
+# shellcheck source=scripts/lib/python-venv.sh
+. scripts/lib/python-venv.sh
+python_venv "$PYTHON" "$VENV" "$REQUIREMENTS" 9 "the Python client tests"
 
 # --- temp dir, and the server's cleanup on any exit -------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aether-control-pyclient.XXXXXX")

@@ -67,43 +67,11 @@ for value in "$MAX_EXAMPLES" "$RUN_TIMEOUT"; do
 done
 [[ $SEED =~ ^([0-9]+|random)$ ]] || die "AETHER_CONTROL_ST_SEED must be a number or 'random' (got '$SEED')"
 
-# --- Python and its venv module ---------------------------------------------
-command -v "$PYTHON" >/dev/null ||
-  die "$PYTHON is not installed: Schemathesis 4 needs Python >= 3.11 with venv" \
-    "(Debian: apt-get install python3 python3-venv)"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-  die "$("$PYTHON" --version 2>&1) is too old: Schemathesis 4 needs Python >= 3.11 (PYTHON=python3.11 ...)"
-"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null ||
-  die "$PYTHON has no working venv module (Debian: apt-get install python3-venv)"
+# --- Python and the venv (exactly the pinned set) --------------------------------
 command -v timeout >/dev/null || die "timeout (GNU coreutils) is not installed"
-
-# --- the venv, keyed on the requirements and the interpreter ----------------
-mkdir -p "$(dirname "$VENV")"
-stamp=$( {
-  cat "$REQUIREMENTS"
-  "$PYTHON" -c 'import sys; print(sys.version, sys.executable)'
-} | sha256sum | cut -d' ' -f1)
-(
-  # One installer at a time (concurrent runs share the venv).
-  if command -v flock >/dev/null; then flock 9; fi
-  if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$stamp" ] && "$VENV/bin/python" -c '' 2>/dev/null; then
-    exit 0
-  fi
-  say "creating $VENV from ${REQUIREMENTS#"$ROOT"/}"
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed (Debian: apt-get install python3-venv)"
-  # Wheels only, and exactly the pinned set: a dependency missing from the
-  # file fails `pip check` here instead of being installed unpinned.
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    --only-binary=:all: --no-deps -r "$REQUIREMENTS" ||
-    die "pip could not install ${REQUIREMENTS#"$ROOT"/} (needs PyPI, or a pip index/find-links with those wheels)"
-  if ! problems=$("$VENV/bin/python" -m pip check --disable-pip-version-check 2>&1); then
-    printf '%s\n' "$problems" >&2
-    die "${REQUIREMENTS#"$ROOT"/} is not a complete, consistent set for $("$PYTHON" --version 2>&1) (pip check, above)"
-  fi
-  # Written last: an interrupted install is redone next time.
-  echo "$stamp" >"$VENV/.requirements.sha256"
-) 9>"$VENV.lock"
+# shellcheck source=scripts/lib/python-venv.sh
+. scripts/lib/python-venv.sh
+python_venv "$PYTHON" "$VENV" "${REQUIREMENTS#"$ROOT"/}" 11 "Schemathesis 4" exact
 PY=$VENV/bin/python
 
 # --- the binary -------------------------------------------------------------
