@@ -972,7 +972,7 @@ async fn scenario_load(rig: &Rig, settings: &Settings, world: Arc<World>, report
 
     let short = |text: &str| {
         text.replace(&sample_key, "<affinity key>")
-            .replace(&sample_value, "<Aether JSON, 300 B>")
+            .replace(&sample_value, "<Aether JSON value>")
     };
     report.push_str(&format!(
         "### Load (concurrency {c}, {} s per pass, working set {WORKING_SET} entries)\n\n",
