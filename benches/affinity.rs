@@ -19,7 +19,6 @@
 //! stdout.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::ops::Range;
 use std::process::ExitCode;
@@ -28,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use aether_control::db::DbConnection;
 use aether_control::db::directory::SeaOrmDirectory;
-use aether_control::db::entities::{api_keys, global_models, provider_api_keys, provider_endpoints, providers, users};
 use aether_control::domain::affinity::engine::{AffinityEngine, AffinitySettings, AffinityStores, WritePolicy};
 use aether_control::domain::affinity::listing;
 use aether_control::domain::affinity::usage::{UpstreamOutcome, UsageReport};
-use aether_control::domain::affinity::{AffinityKey, AffinityRecord, AffinityTarget, IndexRef, SetOutcome, now_epoch};
+use aether_control::domain::affinity::{IndexRef, SetOutcome, now_epoch};
 use aether_control::domain::crypto::KeyCipher;
 use aether_control::domain::directory::Directory;
 use aether_control::store::AffinityStore;
@@ -42,30 +40,21 @@ use aether_control::store::redis::{
 use fred::cmd;
 use fred::prelude::*;
 use fred::types::scan::Scanner;
-use futures::{StreamExt, TryStreamExt};
-use sea_orm::{ConnectionTrait, EntityTrait, Set, TransactionTrait};
+use futures::StreamExt;
+use sea_orm::ConnectionTrait;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BenchResult<T> = Result<T, BoxError>;
+#[path = "support/world.rs"]
+mod world;
+
+use world::{
+    BenchResult, FORMATS, KEYS_PER_ENDPOINT, KEYS_PER_USER, MODELS, PER_KEY, PROVIDERS, Rng, World, load_redis,
+    seed_database, splitmix,
+};
 
 const DEFAULT_SIZES: &[usize] = &[1_000, 10_000, 100_000, 1_000_000];
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// Data shape: every API key has 5 formats x 4 global models = 20 affinities,
-/// every user 2 API keys (40 affinities).
-const FORMATS: [&str; 5] = ["CLAUDE", "CLAUDE_CLI", "OPENAI", "OPENAI_CLI", "GEMINI"];
-const MODELS: [(&str, &str); 4] = [
-    ("claude-sonnet-4", "Claude Sonnet 4"),
-    ("gpt-4o", "GPT-4o"),
-    ("gemini-2.5-pro", "Gemini 2.5 Pro"),
-    ("claude-haiku-4", "Claude Haiku 4"),
-];
-const PER_KEY: usize = FORMATS.len() * MODELS.len();
-const KEYS_PER_USER: usize = 2;
 const PER_USER: usize = PER_KEY * KEYS_PER_USER;
-/// Providers, each with one endpoint per format and two keys per endpoint.
-const PROVIDERS: usize = 10;
-const KEYS_PER_ENDPOINT: usize = 2;
 
 /// The server's defaults (src/config.rs).
 const POOL_SIZE: usize = 4;
@@ -73,17 +62,8 @@ const STORE_TIMEOUT: Duration = Duration::from_millis(1000);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
-/// Loaded entries expire 1-2 h out (Aether uses 5 min), so none expires
-/// during a run; writes in the benchmark use the upper bound.
-const MIN_TTL_SECONDS: f64 = 3600.0;
-const TTL_SPREAD_MICROS: u64 = 3_600_000_000;
+/// Writes in the benchmark use the upper bound of the loaded entries' TTLs.
 const WRITE_TTL: Duration = Duration::from_secs(7200);
-
-/// SETs per pipeline while loading, and pipelines in flight.
-const LOAD_BATCH: usize = 1000;
-const LOAD_PIPELINES: usize = 8;
-/// Rows per INSERT while seeding the database (7 columns: far below SQLite's 32766 binds).
-const INSERT_CHUNK: usize = 1000;
 
 /// A Redis command at or above this is a stall (SLOWLOG, microseconds; LATENCY, milliseconds).
 const STALL_MICROS: u64 = 10_000;
@@ -97,119 +77,10 @@ const AETHER_USER_LOOKUP_SECONDS: f64 = 1.96;
 const AETHER_PAGE_SECONDS: f64 = 5.8;
 const AETHER_SIZE: usize = 100_000;
 
-fn splitmix(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A deterministic generator (the benchmark needs no crypto-grade randomness).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 = splitmix(self.0);
-        (self.0 % bound as u64) as usize
-    }
-}
-
-/// A `str(uuid4())`-shaped id, stable per (kind, index), as Aether's ids are.
-fn uuid_like(kind: u64, index: u64) -> String {
-    let a = splitmix((kind << 56) ^ index);
-    let b = splitmix(a);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        0x8000 | ((b >> 48) & 0x3fff),
-        b & 0xffff_ffff_ffff
-    )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// The Aether world of one size: ids by index. Affinity `j` belongs to API
-/// key `j / 20` (format `(j % 20) / 4`, model `j % 4`), which belongs to user
-/// `key / 2`; its provider and provider key are drawn from `j`.
-struct World {
-    n: usize,
-    users: Vec<(String, String)>,
-    api_keys: Vec<String>,
-    providers: Vec<String>,
-    endpoints: Vec<String>,
-    provider_keys: Vec<String>,
-    models: Vec<String>,
-}
-
+/// What this benchmark asks of the shared world beyond loading it.
 impl World {
-    fn new(n: usize) -> Self {
-        let key_count = n.div_ceil(PER_KEY);
-        let user_count = key_count.div_ceil(KEYS_PER_USER);
-        let ids = |kind: u64, count: usize| (0..count as u64).map(|i| uuid_like(kind, i)).collect::<Vec<_>>();
-        Self {
-            n,
-            users: ids(1, user_count)
-                .into_iter()
-                .enumerate()
-                .map(|(u, id)| (id, format!("bench_user_{u:06}")))
-                .collect(),
-            api_keys: ids(2, key_count),
-            providers: ids(3, PROVIDERS),
-            endpoints: ids(4, PROVIDERS * FORMATS.len()),
-            provider_keys: ids(5, PROVIDERS * FORMATS.len() * KEYS_PER_ENDPOINT),
-            models: ids(6, MODELS.len()),
-        }
-    }
-
-    fn key(&self, j: usize) -> AffinityKey {
-        let combo = j % PER_KEY;
-        AffinityKey {
-            affinity_key: self.api_keys[j / PER_KEY].clone(),
-            api_format: FORMATS[combo / MODELS.len()].to_owned(),
-            global_model_id: self.models[combo % MODELS.len()].clone(),
-        }
-    }
-
     fn provider_of(j: usize) -> usize {
         (splitmix(j as u64 ^ 0xAFF1_0000) % PROVIDERS as u64) as usize
-    }
-
-    fn target(&self, j: usize) -> AffinityTarget {
-        let mix = splitmix(j as u64 ^ 0xAFF1_0000);
-        let provider = (mix % PROVIDERS as u64) as usize;
-        let endpoint = provider * FORMATS.len() + (j % PER_KEY) / MODELS.len();
-        let key = endpoint * KEYS_PER_ENDPOINT + ((mix >> 32) as usize % KEYS_PER_ENDPOINT);
-        AffinityTarget {
-            provider_id: self.providers[provider].clone(),
-            endpoint_id: self.endpoints[endpoint].clone(),
-            key_id: self.provider_keys[key].clone(),
-        }
-    }
-
-    /// Aether's value for entry `j`, written at `now`, and its Redis TTL.
-    fn aether_value(&self, j: usize, now: f64) -> (String, i64) {
-        let key = self.key(j);
-        let target = self.target(j);
-        let mix = splitmix(j as u64 ^ 0x7713_0000);
-        let expire_at = now + MIN_TTL_SECONDS + (mix % TTL_SPREAD_MICROS) as f64 / 1e6;
-        let record = AffinityRecord {
-            provider_id: target.provider_id,
-            endpoint_id: target.endpoint_id,
-            key_id: target.key_id,
-            api_format: key.api_format,
-            model_name: key.global_model_id,
-            created_at: now - ((mix >> 40) % 600_000) as f64 / 1e3,
-            expire_at,
-            request_count: 1 + ((mix >> 20) % 50) as i64,
-        };
-        (record.to_aether_json(), (expire_at - now).ceil() as i64 + 1)
     }
 
     fn user_entries(&self, user: usize) -> Range<usize> {
@@ -219,128 +90,6 @@ impl World {
     fn provider_entries(&self, provider: usize) -> u64 {
         (0..self.n).filter(|&j| Self::provider_of(j) == provider).count() as u64
     }
-}
-
-/// Inserts the world's rows in bulk, in one transaction.
-async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, cipher: &KeyCipher) -> BenchResult<()> {
-    let txn = db.begin().await?;
-    for (p, id) in world.providers.iter().enumerate() {
-        providers::Entity::insert(providers::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(format!("bench-provider-{p:02}")),
-            display_name: Set(format!("Bench Provider {p:02}")),
-            is_active: Set(true),
-            billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
-            ..Default::default()
-        })
-        .exec_without_returning(&txn)
-        .await?;
-    }
-    let endpoints = world
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(e, id)| provider_endpoints::ActiveModel {
-            id: Set(id.clone()),
-            provider_id: Set(world.providers[e / FORMATS.len()].clone()),
-            api_format: Set(FORMATS[e % FORMATS.len()].to_owned()),
-            base_url: Set(format!("https://provider-{:02}.example/v1", e / FORMATS.len())),
-            is_active: Set(true),
-            ..Default::default()
-        });
-    provider_endpoints::Entity::insert_many(endpoints)
-        .exec_without_returning(&txn)
-        .await?;
-    let provider_keys = world
-        .provider_keys
-        .iter()
-        .enumerate()
-        .map(|(k, id)| provider_api_keys::ActiveModel {
-            id: Set(id.clone()),
-            endpoint_id: Set(world.endpoints[k / KEYS_PER_ENDPOINT].clone()),
-            api_key: Set(cipher.encrypt(&format!("sk-upstream-{:024x}", splitmix(k as u64 ^ 0x5EC0)))),
-            name: Set(format!("upstream key {k:03}")),
-            rate_multiplier: Set(1.0),
-            cache_ttl_minutes: Set(5),
-            is_active: Set(true),
-            ..Default::default()
-        });
-    provider_api_keys::Entity::insert_many(provider_keys)
-        .exec_without_returning(&txn)
-        .await?;
-    let models = world
-        .models
-        .iter()
-        .zip(MODELS)
-        .map(|(id, (name, display))| global_models::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(name.to_owned()),
-            display_name: Set(display.to_owned()),
-            is_active: Set(true),
-            default_tiered_pricing: Set(serde_json::json!({"tiers": []})),
-            ..Default::default()
-        });
-    global_models::Entity::insert_many(models)
-        .exec_without_returning(&txn)
-        .await?;
-    for chunk in world.users.chunks(INSERT_CHUNK) {
-        let rows = chunk.iter().map(|(id, username)| users::ActiveModel {
-            id: Set(id.clone()),
-            email: Set(format!("{username}@example.com")),
-            username: Set(username.clone()),
-            role: Set(users::UserRole::User),
-            is_active: Set(true),
-            is_deleted: Set(false),
-            ..Default::default()
-        });
-        users::Entity::insert_many(rows).exec_without_returning(&txn).await?;
-    }
-    for (chunk_index, chunk) in world.api_keys.chunks(INSERT_CHUNK).enumerate() {
-        let rows = chunk.iter().enumerate().map(|(offset, id)| {
-            let k = chunk_index * INSERT_CHUNK + offset;
-            let plaintext = format!("sk-bench-{:032x}", splitmix(k as u64 ^ 0xA9E7));
-            let hash = ring::digest::digest(&ring::digest::SHA256, plaintext.as_bytes());
-            api_keys::ActiveModel {
-                id: Set(id.clone()),
-                user_id: Set(world.users[k / KEYS_PER_USER].0.clone()),
-                key_hash: Set(hex(hash.as_ref())),
-                key_encrypted: Set(Some(cipher.encrypt(&plaintext))),
-                name: Set(Some(format!("bench key {k:06}"))),
-                is_standalone: Set(false),
-                is_active: Set(true),
-                ..Default::default()
-            }
-        });
-        api_keys::Entity::insert_many(rows).exec_without_returning(&txn).await?;
-    }
-    txn.commit().await?;
-    // Fresh statistics, as a long-lived database would have.
-    db.execute_unprepared("ANALYZE").await?;
-    Ok(())
-}
-
-/// Writes every entry as Aether does (SET EX with its JSON), pipelined.
-async fn load_redis(client: &Client, redis: &RedisConnection, world: &World) -> BenchResult<()> {
-    let now = now_epoch();
-    let batches = (0..world.n)
-        .step_by(LOAD_BATCH)
-        .map(|start| start..(start + LOAD_BATCH).min(world.n));
-    futures::stream::iter(batches)
-        .map(|range| async move {
-            let pipeline = client.pipeline();
-            for j in range {
-                let (value, ttl) = world.aether_value(j, now);
-                let name = redis.key(&world.key(j).redis_key());
-                let () = pipeline
-                    .set(name, value, Some(Expiration::EX(ttl)), None, false)
-                    .await?;
-            }
-            let _: Vec<Value> = pipeline.all().await?;
-            Ok::<_, BoxError>(())
-        })
-        .buffer_unordered(LOAD_PIPELINES)
-        .try_for_each(|()| async { Ok(()) })
-        .await
 }
 
 /// Deletes every key matching `pattern`, a SCAN page at a time (never KEYS).

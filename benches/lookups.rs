@@ -16,28 +16,18 @@ use aether_control::proto::user_service_client::UserServiceClient;
 use aether_control::proto::*;
 use clap::Parser;
 use sea_orm::{ActiveModelTrait, Database, Set};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+#[path = "support/bearer.rs"]
+mod bearer;
+
+use bearer::{Authed, Bearer};
+
 const TOKEN: &str = "bench-token";
 const ITERATIONS: usize = 2000;
-
-#[derive(Clone)]
-struct Bearer;
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().expect("ascii"));
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
 
 /// p50 and p99 of `iterations` runs of `call`, in microseconds.
 async fn measure<F, Fut>(iterations: usize, mut call: F) -> (f64, f64)
@@ -158,7 +148,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     seed(&db_url).await;
-    let authed: Authed = InterceptedService::new(channel.clone(), Bearer);
+    let authed: Authed = InterceptedService::new(channel.clone(), Bearer(TOKEN));
     let users = UserServiceClient::new(authed.clone());
     let models = ModelMappingServiceClient::new(authed);
     let health = HealthClient::new(channel);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::service_tokens::{self, ServiceTokens};
@@ -438,13 +438,18 @@ pub async fn serve(
         authenticator,
         drain_rx.clone(),
     )?;
+    // serve_with_incoming ignores the builder's TCP options, so they go on the
+    // accepted sockets here. Without TCP_NODELAY, concurrent calls on one
+    // connection waited for delayed ACKs (about 40 ms each).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
         .layer(layers)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let servers = async {
         let (grpc, http) = tokio::join!(server, http_server);
         grpc.map_err(StartError::from)?;
