@@ -153,3 +153,83 @@ async fn entries_aether_wrote_are_indexed_by_the_reconciler_and_cleared() {
     server.stop().await;
     common::redis::cleanup(&redis, &namespace).await;
 }
+
+#[tokio::test]
+async fn the_reconciler_rereads_only_unindexed_or_soon_expiring_entries() {
+    use std::time::Duration;
+
+    use aether_control::domain::affinity::{IndexRef, now_epoch};
+    use aether_control::store::AffinityStore;
+    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+
+    let namespace = common::redis::namespace();
+    let redis = common::redis::client().await;
+    let connection =
+        RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(1), &namespace).expect("connection");
+    assert!(connection.wait_connected(Duration::from_secs(5)).await);
+    // A 5 s lease: entries indexed to expire within 10 s are read again.
+    let store = RedisAffinityStore::new(connection, "reconcile-test", Duration::from_secs(5));
+    let lease = format!("{namespace}aether_control:reconcile:lease");
+    let all = format!("{namespace}aether_control:idx:all");
+    let now = now_epoch();
+    let write_as_aether = |affinity_key: &'static str, expire_at: f64| {
+        let redis = redis.clone();
+        let key = format!("{namespace}cache_affinity:{affinity_key}:OPENAI:gm-1");
+        let value = aether_value("ep-1", &format!("{now:.6}"), &format!("{expire_at:.6}"), 1);
+        async move {
+            let ttl = (expire_at - now).ceil() as i64;
+            let _: () = redis
+                .set(key, value, Some(Expiration::EX(ttl)), None, false)
+                .await
+                .unwrap();
+        }
+    };
+    let indexed_expiry = |affinity_key: &'static str| {
+        let redis = redis.clone();
+        let all = all.clone();
+        async move {
+            let score: Option<f64> = redis.zscore(all, format!("{affinity_key}:OPENAI:gm-1")).await.unwrap();
+            score
+        }
+    };
+    let parsed = |expire_at: f64| format!("{expire_at:.6}").parse::<f64>().unwrap();
+
+    // Aether wrote one entry about to expire and one far from it.
+    write_as_aether("ak-soon", now + 3.0).await;
+    write_as_aether("ak-far", now + 300.0).await;
+    assert_eq!(store.reconcile(now).await.unwrap(), 2);
+    // The lease holds the next pass off for one interval.
+    write_as_aether("ak-new", now + 300.0).await;
+    assert_eq!(store.reconcile(now).await.unwrap(), 0);
+    assert_eq!(indexed_expiry("ak-new").await, None);
+
+    // Aether refreshes both, and an index member outlived its entry.
+    write_as_aether("ak-soon", now + 600.0).await;
+    write_as_aether("ak-far", now + 900.0).await;
+    let _: i64 = redis
+        .zadd(&all, None, None, false, false, (now - 10.0, "ak-gone:OPENAI:gm-1"))
+        .await
+        .unwrap();
+    let _: i64 = redis.del(&lease).await.unwrap();
+    assert_eq!(store.reconcile(now).await.unwrap(), 1, "only ak-new is new");
+    // The entry due to expire was read again and now carries its new expiry
+    // in every index; the other keeps its indexed one until it comes due.
+    assert_eq!(indexed_expiry("ak-soon").await, Some(parsed(now + 600.0)));
+    assert_eq!(indexed_expiry("ak-far").await, Some(parsed(now + 300.0)));
+    assert_eq!(indexed_expiry("ak-new").await, Some(parsed(now + 300.0)));
+    assert_eq!(indexed_expiry("ak-gone").await, None, "expired members are dropped");
+    let listed = store
+        .list_indexed(&[IndexRef::AffinityKey("ak-soon".into())], now)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].record.expire_at, parsed(now + 600.0));
+
+    // Another instance's lease is never taken over.
+    let _: () = redis.set(&lease, "other-instance", None, None, false).await.unwrap();
+    write_as_aether("ak-later", now + 300.0).await;
+    assert_eq!(store.reconcile(now).await.unwrap(), 0);
+    assert_eq!(indexed_expiry("ak-later").await, None);
+
+    common::redis::cleanup(&redis, &namespace).await;
+}

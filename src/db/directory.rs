@@ -22,7 +22,8 @@
 use async_trait::async_trait;
 use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Value,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TryGetableMany, Value,
 };
 
 use crate::db::entities::{
@@ -107,6 +108,33 @@ fn api_key_summary((id, user_id, name, key_encrypted, is_standalone): ApiKeyRow)
         key_encrypted,
         is_standalone,
     }
+}
+
+/// Rows of `E` whose `id` column is in `ids`, as tuples of `columns`; one
+/// query per chunk of ids (the bind-parameter limit), duplicates asked once.
+async fn rows_by_id<E, T, const N: usize>(
+    db: &DatabaseConnection,
+    id: E::Column,
+    columns: [E::Column; N],
+    ids: &[String],
+) -> Result<Vec<T>, StoreError>
+where
+    E: EntityTrait,
+    T: TryGetableMany + Send,
+{
+    let mut rows = Vec::new();
+    for chunk in unique_chunks(ids) {
+        let found: Vec<T> = E::find()
+            .select_only()
+            .columns(columns)
+            .filter(id.is_in(chunk))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(db_error)?;
+        rows.extend(found);
+    }
+    Ok(rows)
 }
 
 /// A `LIKE` pattern matching values that contain `keyword`, every character
@@ -216,38 +244,19 @@ impl Directory for SeaOrmDirectory {
     }
 
     async fn api_keys(&self, ids: &[String]) -> Result<Vec<ApiKeySummary>, StoreError> {
-        let mut keys = Vec::new();
-        for chunk in unique_chunks(ids) {
-            let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
-                .select_only()
-                .columns(api_key_columns())
-                .filter(api_keys::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            keys.extend(rows.into_iter().map(api_key_summary));
-        }
-        Ok(keys)
+        let rows: Vec<ApiKeyRow> =
+            rows_by_id::<api_keys::Entity, _, 5>(&self.db, api_keys::Column::Id, api_key_columns(), ids).await?;
+        Ok(rows.into_iter().map(api_key_summary).collect())
     }
 
     async fn users(&self, ids: &[String]) -> Result<Vec<UserSummary>, StoreError> {
-        let mut found = Vec::new();
-        for chunk in unique_chunks(ids) {
-            let rows: Vec<(String, String, String)> = users::Entity::find()
-                .select_only()
-                .columns([users::Column::Id, users::Column::Username, users::Column::Email])
-                .filter(users::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            found.extend(
-                rows.into_iter()
-                    .map(|(id, username, email)| UserSummary { id, username, email }),
-            );
-        }
-        Ok(found)
+        let columns = [users::Column::Id, users::Column::Username, users::Column::Email];
+        let rows: Vec<(String, String, String)> =
+            rows_by_id::<users::Entity, _, 3>(&self.db, users::Column::Id, columns, ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, username, email)| UserSummary { id, username, email })
+            .collect())
     }
 
     async fn upstream_names(
@@ -257,82 +266,68 @@ impl Directory for SeaOrmDirectory {
         provider_key_ids: &[String],
         global_model_ids: &[String],
     ) -> Result<UpstreamNames, StoreError> {
-        let mut names = UpstreamNames::default();
-        for chunk in unique_chunks(provider_ids) {
-            let rows: Vec<(String, String)> = providers::Entity::find()
-                .select_only()
-                .columns([providers::Column::Id, providers::Column::DisplayName])
-                .filter(providers::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            names.provider_display_names.extend(rows);
-        }
-        for chunk in unique_chunks(endpoint_ids) {
-            let rows: Vec<(String, String, String)> = provider_endpoints::Entity::find()
-                .select_only()
-                .columns([
-                    provider_endpoints::Column::Id,
-                    provider_endpoints::Column::ApiFormat,
-                    provider_endpoints::Column::BaseUrl,
-                ])
-                .filter(provider_endpoints::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            names.endpoints.extend(
-                rows.into_iter()
-                    .map(|(id, api_format, base_url)| (id, (api_format, base_url))),
-            );
-        }
-        for chunk in unique_chunks(provider_key_ids) {
-            let rows: Vec<(String, String, String, f64)> = provider_api_keys::Entity::find()
-                .select_only()
-                .columns([
-                    provider_api_keys::Column::Id,
-                    provider_api_keys::Column::Name,
-                    provider_api_keys::Column::ApiKey,
-                    provider_api_keys::Column::RateMultiplier,
-                ])
-                .filter(provider_api_keys::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            names
-                .provider_keys
-                .extend(rows.into_iter().map(|(id, name, api_key_encrypted, rate_multiplier)| {
-                    (
-                        id,
-                        ProviderKeySummary {
-                            name,
-                            api_key_encrypted,
-                            rate_multiplier,
-                        },
-                    )
-                }));
-        }
-        for chunk in unique_chunks(global_model_ids) {
-            let rows: Vec<(String, String, String)> = global_models::Entity::find()
-                .select_only()
-                .columns([
+        use provider_api_keys::Column as KeyColumn;
+        use provider_endpoints::Column as EndpointColumn;
+        // Four independent look-ups run side by side: the call waits for the
+        // slowest one, not for all four in a row.
+        let (providers, endpoints, provider_keys, models) = futures::future::try_join4(
+            rows_by_id::<providers::Entity, (String, String), 2>(
+                &self.db,
+                providers::Column::Id,
+                [providers::Column::Id, providers::Column::DisplayName],
+                provider_ids,
+            ),
+            rows_by_id::<provider_endpoints::Entity, (String, String, String), 3>(
+                &self.db,
+                EndpointColumn::Id,
+                [EndpointColumn::Id, EndpointColumn::ApiFormat, EndpointColumn::BaseUrl],
+                endpoint_ids,
+            ),
+            rows_by_id::<provider_api_keys::Entity, (String, String, String, f64), 4>(
+                &self.db,
+                KeyColumn::Id,
+                [
+                    KeyColumn::Id,
+                    KeyColumn::Name,
+                    KeyColumn::ApiKey,
+                    KeyColumn::RateMultiplier,
+                ],
+                provider_key_ids,
+            ),
+            rows_by_id::<global_models::Entity, (String, String, String), 3>(
+                &self.db,
+                global_models::Column::Id,
+                [
                     global_models::Column::Id,
                     global_models::Column::Name,
                     global_models::Column::DisplayName,
-                ])
-                .filter(global_models::Column::Id.is_in(chunk))
-                .into_tuple()
-                .all(&self.db)
-                .await
-                .map_err(db_error)?;
-            names.global_models.extend(
-                rows.into_iter()
-                    .map(|(id, name, display_name)| (id, (name, display_name))),
-            );
-        }
-        Ok(names)
+                ],
+                global_model_ids,
+            ),
+        )
+        .await?;
+        Ok(UpstreamNames {
+            provider_display_names: providers.into_iter().collect(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(id, api_format, base_url)| (id, (api_format, base_url)))
+                .collect(),
+            provider_keys: provider_keys
+                .into_iter()
+                .map(|(id, name, api_key_encrypted, rate_multiplier)| {
+                    let key = ProviderKeySummary {
+                        name,
+                        api_key_encrypted,
+                        rate_multiplier,
+                    };
+                    (id, key)
+                })
+                .collect(),
+            global_models: models
+                .into_iter()
+                .map(|(id, name, display_name)| (id, (name, display_name)))
+                .collect(),
+        })
     }
 
     async fn system_config(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {

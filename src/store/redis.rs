@@ -3,7 +3,7 @@
 //! atomic across instances and work unchanged on Redis Cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::clients::{Client, Pool, SubscriberClient};
@@ -102,6 +102,25 @@ if differs(ARGV[1], v.endpoint_id) or differs(ARGV[2], v.key_id) or differs(ARGV
 end
 redis.call('DEL', KEYS[1])
 return old
+"#;
+
+/// Extends the reconcile lease (ARGV[2] ms) only while ARGV[1], this
+/// instance, still holds it: 1 if extended, else 0.
+const RENEW_LEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// Removes at most ARGV[2] members scored at or below ARGV[1]; returns how
+/// many went. One bounded step, repeated by the caller.
+const PRUNE_SCRIPT: &str = r#"
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #members > 0 then
+  redis.call('ZREM', KEYS[1], unpack(members))
+end
+return #members
 "#;
 
 /// Classifies a Redis error by whether retrying can help.
@@ -330,6 +349,8 @@ pub struct RedisAffinityStore {
     set_script: Script,
     invalidate_script: Script,
     count_switch_script: Script,
+    renew_lease_script: Script,
+    prune_script: Script,
 }
 
 impl RedisAffinityStore {
@@ -343,6 +364,8 @@ impl RedisAffinityStore {
             set_script: Script::from_lua(SET_SCRIPT),
             invalidate_script: Script::from_lua(INVALIDATE_SCRIPT),
             count_switch_script: Script::from_lua(COUNT_SWITCH_SCRIPT),
+            renew_lease_script: Script::from_lua(RENEW_LEASE_SCRIPT),
+            prune_script: Script::from_lua(PRUNE_SCRIPT),
         }
     }
 
@@ -491,6 +514,114 @@ impl RedisAffinityStore {
                 })
             })
             .collect())
+    }
+
+    fn reconcile_lease_key(&self) -> String {
+        self.redis.own_key("reconcile:lease")
+    }
+
+    fn reconcile_lease_ms(&self) -> i64 {
+        self.reconcile_lease.as_millis().max(1) as i64
+    }
+
+    /// Takes the reconcile lease if no instance holds it.
+    async fn acquire_reconcile_lease(&self) -> Result<bool, StoreError> {
+        let acquired: Option<String> = self
+            .redis
+            .client()?
+            .set(
+                self.reconcile_lease_key(),
+                self.instance_id.as_str(),
+                Some(Expiration::PX(self.reconcile_lease_ms())),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(acquired.is_some())
+    }
+
+    /// Extends the reconcile lease by one lease if this instance still holds
+    /// it; false when it expired or another instance holds it.
+    async fn renew_reconcile_lease(&self) -> Result<bool, StoreError> {
+        let renewed: i64 = self
+            .renew_lease_script
+            .evalsha_with_reload(
+                self.redis.client()?,
+                vec![self.reconcile_lease_key()],
+                vec![self.instance_id.clone(), self.reconcile_lease_ms().to_string()],
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(renewed == 1)
+    }
+
+    /// Indexes the entries among `names` (one SCAN page of full key names)
+    /// that the all-entries index lacks, or holds with an expiry before
+    /// `due_before`. Only those are read; an entry whose stored expiry equals
+    /// its indexed one is left as it is. Returns how many were new in the
+    /// all-entries index.
+    async fn index_unindexed(&self, names: &[String], now: f64, due_before: f64) -> Result<u64, StoreError> {
+        let prefix_len = self.redis.key(KEY_PREFIX).len();
+        let keyed: Vec<(&String, AffinityKey)> = names
+            .iter()
+            .filter_map(|name| Some((name, AffinityKey::from_member(name.get(prefix_len..)?)?)))
+            .collect();
+        if keyed.is_empty() {
+            return Ok(0);
+        }
+        let members: Vec<String> = keyed.iter().map(|(_, key)| key.member()).collect();
+        let scores: Vec<Option<f64>> = self
+            .redis
+            .client()?
+            .zmscore(self.all_index(), members)
+            .await
+            .map_err(|e| store_error(&e))?;
+        if scores.len() != keyed.len() {
+            return Err(StoreError::Internal {
+                store: StoreKind::Redis,
+                detail: format!("ZMSCORE gave {} scores for {} members", scores.len(), keyed.len()),
+            });
+        }
+        let due: HashMap<&String, (AffinityKey, Option<f64>)> = keyed
+            .into_iter()
+            .zip(scores)
+            .filter(|(_, score)| score.is_none_or(|indexed| indexed < due_before))
+            .map(|((name, key), score)| (name, (key, score)))
+            .collect();
+        let names: Vec<String> = due.keys().map(|name| (*name).clone()).collect();
+        let values = self.redis.mget(&names).await?;
+        let entries: Vec<(AffinityKey, AffinityRecord)> = values
+            .iter()
+            .filter_map(|(name, value)| {
+                let (key, indexed) = due.get(name)?;
+                let record = AffinityRecord::from_json(value)?;
+                (record.is_live(now) && *indexed != Some(record.expire_at)).then(|| (key.clone(), record))
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        self.index(&entries).await
+    }
+
+    /// Drops members scored before `now` from `index`, [`BATCH`] per
+    /// command, so a big backlog never holds Redis in one long command.
+    async fn prune_expired(&self, index: &str, now: f64) -> Result<(), StoreError> {
+        loop {
+            let pruned: i64 = self
+                .prune_script
+                .evalsha_with_reload(
+                    self.redis.client()?,
+                    vec![index.to_owned()],
+                    vec![(now - 1.0).to_string(), BATCH.to_string()],
+                )
+                .await
+                .map_err(|e| store_error(&e))?;
+            if pruned < BATCH as i64 {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -812,44 +943,30 @@ impl AffinityStore for RedisAffinityStore {
     }
 
     async fn reconcile(&self, now: f64) -> Result<u64, StoreError> {
-        let lease_key = self.redis.own_key("reconcile:lease");
-        let lease_ms = self.reconcile_lease.as_millis().max(1) as i64;
-        let acquired: Option<String> = self
-            .redis
-            .client()?
-            .set(
-                &lease_key,
-                self.instance_id.as_str(),
-                Some(Expiration::PX(lease_ms)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(|e| store_error(&e))?;
-        if acquired.is_none() {
+        if !self.acquire_reconcile_lease().await? {
             return Ok(0);
         }
+        // An entry indexed with an expiry inside this window is read again:
+        // Aether may have refreshed (or switched) it since, and the next pass
+        // comes about one interval (the lease) after this one ends, too late
+        // to keep it listed. Two leases cover the interval plus the pass.
+        let due_before = now + 2.0 * self.reconcile_lease.as_secs_f64();
         let mut added = 0;
-        let prefix_len = self.redis.key(KEY_PREFIX).len();
+        let mut renewed = Instant::now();
         let mut pages = self.redis.scan_pages(KEY_PREFIX)?;
         while let Some(names) = pages.try_next().await? {
-            let values = self.redis.mget(&names).await?;
-            let entries: Vec<(AffinityKey, AffinityRecord)> = values
-                .iter()
-                .filter_map(|(name, value)| {
-                    let key = AffinityKey::from_member(name.get(prefix_len..)?)?;
-                    let record = AffinityRecord::from_json(value)?;
-                    record.is_live(now).then_some((key, record))
-                })
-                .collect();
-            added += self.index(&entries).await?;
+            added += self.index_unindexed(&names, now, due_before).await?;
+            // The lease spans one interval; a longer pass keeps it only while
+            // it is still ours, and stops if another instance took over.
+            if renewed.elapsed() >= self.reconcile_lease / 3 {
+                if !self.renew_reconcile_lease().await? {
+                    tracing::warn!(added, "reconcile lease lost mid-pass; stopping this pass");
+                    return Ok(added);
+                }
+                renewed = Instant::now();
+            }
         }
-        let _: i64 = self
-            .redis
-            .client()?
-            .zremrangebyscore(self.all_index(), f64::NEG_INFINITY, now - 1.0)
-            .await
-            .map_err(|e| store_error(&e))?;
+        self.prune_expired(&self.all_index(), now).await?;
         Ok(added)
     }
 }

@@ -1,7 +1,7 @@
 //! Operator views of affinities: enrichment with the names Aether's admin
 //! API shows, keyword matching, and opaque page tokens.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::Affinity;
 use crate::domain::crypto::KeyCipher;
 use crate::domain::directory::{ApiKeySummary, Directory, MatchKind, UserSummary};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreError};
 
 /// Default and largest page sizes (Aether's `limit`).
 pub const DEFAULT_PAGE_SIZE: u64 = 100;
@@ -76,48 +76,66 @@ fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
 }
 
 /// Adds names and masked keys to affinities: a handful of batched look-ups,
-/// whatever the number of entries.
+/// whatever the number of entries. The client-key look-ups (keys, then their
+/// owners) run beside the upstream ones, and each distinct stored key is
+/// decrypted and masked once, however many entries share it.
 pub async fn enrich(
     directory: &dyn Directory,
     cipher: &KeyCipher,
     affinities: Vec<Affinity>,
 ) -> Result<Vec<AffinityDetail>> {
     let api_key_ids = distinct(affinities.iter().map(|a| a.key.affinity_key.as_str()));
-    let api_keys: Vec<ApiKeySummary> = directory.api_keys(&api_key_ids).await?;
-    let user_ids = distinct(api_keys.iter().map(|k| k.user_id.as_str()));
-    let users: Vec<UserSummary> = directory.users(&user_ids).await?;
-    let names = directory
-        .upstream_names(
-            &distinct(affinities.iter().map(|a| a.record.provider_id.as_str())),
-            &distinct(affinities.iter().map(|a| a.record.endpoint_id.as_str())),
-            &distinct(affinities.iter().map(|a| a.record.key_id.as_str())),
-            &distinct(affinities.iter().map(|a| a.record.model_name.as_str())),
-        )
-        .await?;
+    let provider_ids = distinct(affinities.iter().map(|a| a.record.provider_id.as_str()));
+    let endpoint_ids = distinct(affinities.iter().map(|a| a.record.endpoint_id.as_str()));
+    let provider_key_ids = distinct(affinities.iter().map(|a| a.record.key_id.as_str()));
+    let model_ids = distinct(affinities.iter().map(|a| a.record.model_name.as_str()));
+    let client_keys = async {
+        let api_keys = directory.api_keys(&api_key_ids).await?;
+        let user_ids = distinct(api_keys.iter().map(|k| k.user_id.as_str()));
+        let users = directory.users(&user_ids).await?;
+        Ok::<_, StoreError>((api_keys, users))
+    };
+    let upstream = directory.upstream_names(&provider_ids, &endpoint_ids, &provider_key_ids, &model_ids);
+    let ((api_keys, users), names) = futures::future::try_join(client_keys, upstream).await?;
+
+    let mask = |stored: &str| cipher.decrypt_and_mask(stored).display();
+    let api_keys: HashMap<&str, (&ApiKeySummary, String)> = api_keys
+        .iter()
+        .map(|k| {
+            (
+                k.id.as_str(),
+                (k, k.key_encrypted.as_deref().map(mask).unwrap_or_default()),
+            )
+        })
+        .collect();
+    let users: HashMap<&str, &UserSummary> = users.iter().map(|u| (u.id.as_str(), u)).collect();
+    let provider_key_masks: HashMap<&str, String> = names
+        .provider_keys
+        .iter()
+        .map(|(id, k)| (id.as_str(), mask(&k.api_key_encrypted)))
+        .collect();
     Ok(affinities
         .into_iter()
         .map(|affinity| {
-            let api_key = api_keys.iter().find(|k| k.id == affinity.key.affinity_key);
-            let user = api_key.and_then(|k| users.iter().find(|u| u.id == k.user_id));
+            let api_key = api_keys.get(affinity.key.affinity_key.as_str());
+            let user = api_key.and_then(|(k, _)| users.get(k.user_id.as_str()));
             let endpoint = names.endpoints.get(&affinity.record.endpoint_id);
             let provider_key = names.provider_keys.get(&affinity.record.key_id);
             let model = names.global_models.get(&affinity.record.model_name);
             AffinityDetail {
-                user_api_key_name: api_key.and_then(|k| k.name.clone()),
-                user_api_key_prefix: api_key
-                    .and_then(|k| k.key_encrypted.as_deref())
-                    .map(|stored| cipher.decrypt_and_mask(stored).display())
-                    .unwrap_or_default(),
-                is_standalone: api_key.is_some_and(|k| k.is_standalone),
-                user_id: api_key.map(|k| k.user_id.clone()),
+                user_api_key_name: api_key.and_then(|(k, _)| k.name.clone()),
+                user_api_key_prefix: api_key.map(|(_, masked)| masked.clone()).unwrap_or_default(),
+                is_standalone: api_key.is_some_and(|(k, _)| k.is_standalone),
+                user_id: api_key.map(|(k, _)| k.user_id.clone()),
                 username: user.map(|u| u.username.clone()),
                 email: user.map(|u| u.email.clone()),
                 provider_name: names.provider_display_names.get(&affinity.record.provider_id).cloned(),
                 endpoint_api_format: endpoint.map(|(format, _)| format.clone()),
                 endpoint_url: endpoint.map(|(_, url)| url.clone()),
                 key_name: provider_key.map(|k| k.name.clone()),
-                key_prefix: provider_key
-                    .map(|k| cipher.decrypt_and_mask(&k.api_key_encrypted).display())
+                key_prefix: provider_key_masks
+                    .get(affinity.record.key_id.as_str())
+                    .cloned()
                     .unwrap_or_default(),
                 rate_multiplier: provider_key.map_or(1.0, |k| k.rate_multiplier),
                 global_model_name: model.map_or_else(|| affinity.record.model_name.clone(), |(name, _)| name.clone()),
