@@ -488,3 +488,55 @@ async fn redis_cluster_serves_every_affinity_call() {
     assert_eq!(list(&mut client, "", 0, "").await.total_size, before + 60);
     server.stop().await;
 }
+
+/// An index bigger than one read batch (500) is read whole, once per
+/// member, on both stores; the ids live entries point at are known.
+#[tokio::test]
+async fn indexes_bigger_than_a_batch_are_read_whole() {
+    use aether_control::domain::affinity::{
+        AffinityKey, AffinityTarget, AffinityWrite, IndexRef, TargetKind, now_epoch,
+    };
+    use aether_control::store::AffinityStore;
+    use aether_control::store::memory::MemoryAffinityStore;
+    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+
+    const ENTRIES: usize = 1234;
+    let namespace = common::redis::namespace();
+    let redis = RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(2), &namespace)
+        .expect("redis connection");
+    assert!(redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
+    let stores: [Box<dyn AffinityStore>; 2] = [
+        Box::new(MemoryAffinityStore::default()),
+        Box::new(RedisAffinityStore::new(redis, "big-index", Duration::from_secs(10))),
+    ];
+    let write = AffinityWrite {
+        target: AffinityTarget {
+            provider_id: "p-big".into(),
+            endpoint_id: "e-big".into(),
+            key_id: "k-big".into(),
+        },
+        model_name: "gm".into(),
+        ttl: Duration::from_secs(300),
+    };
+    for store in &stores {
+        let now = now_epoch();
+        let keys: Vec<AffinityKey> = (0..ENTRIES)
+            .map(|i| AffinityKey::parse(&format!("ak-{i}"), "CLAUDE", "gm").expect("valid key"))
+            .collect();
+        for chunk in keys.chunks(100) {
+            futures::future::try_join_all(chunk.iter().map(|key| store.set(key, &write, now, true)))
+                .await
+                .expect("set");
+        }
+        let listed = store
+            .list_indexed(&[IndexRef::Provider("p-big".into())], now)
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), ENTRIES, "{}", store.storage_type());
+        let referenced = store.referenced(TargetKind::ApiKey, now).await.expect("referenced");
+        assert_eq!(referenced.len(), ENTRIES, "{}", store.storage_type());
+        let providers = store.referenced(TargetKind::Provider, now).await.expect("referenced");
+        assert_eq!(providers, vec!["p-big".to_owned()], "{}", store.storage_type());
+    }
+    common::redis::cleanup(&common::redis::client().await, &namespace).await;
+}

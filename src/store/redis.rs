@@ -632,22 +632,28 @@ fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
     })
 }
 
-/// Live members of one index, read [`BATCH`] at a time so a big index (a
-/// provider's, at a million entries) never holds Redis in one long command.
+/// Live members of one index (unordered), read by ZSCAN about [`BATCH`] at
+/// a time: a big index (a provider's, at a million entries) never holds
+/// Redis in one long command, and the whole read stays linear (paging by
+/// rank with LIMIT offset re-walks the skipped ranks on every page).
 async fn live_members(client: &Client, index: &str, now: f64) -> Result<Vec<String>, StoreError> {
     let mut members = Vec::new();
-    loop {
-        let limit = Some((members.len() as i64, BATCH as i64));
-        let page: Vec<String> = client
-            .zrangebyscore(index, now, f64::INFINITY, false, limit)
-            .await
-            .map_err(|e| store_error(&e))?;
-        let done = page.len() < BATCH;
-        members.extend(page);
-        if done {
-            return Ok(members);
+    // ZSCAN may return a member twice while the set is rehashed.
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = std::pin::pin!(client.zscan(index, "*", Some(BATCH as u32)));
+    while let Some(page) = pages.next().await {
+        let mut page = page.map_err(|e| store_error(&e))?;
+        for (member, score) in page.take_results().unwrap_or_default() {
+            if score >= now
+                && let Some(member) = member.into_string()
+                && seen.insert(member.clone())
+            {
+                members.push(member);
+            }
         }
+        page.next();
     }
+    Ok(members)
 }
 
 #[async_trait]
