@@ -113,7 +113,7 @@ async fn open_stores(config: &Config, instance_id: &str) -> Result<Stores, Start
     )
     .await
     .map_err(|e| StartError::Database(e.to_string()))?;
-    let directory = Arc::new(SeaOrmDirectory::new(database.connection().clone()));
+    let directory = Arc::new(SeaOrmDirectory::new(database.handle()));
     let backends = match &config.redis_url {
         Some(url) => redis_backends(config, url, instance_id).await?,
         None => AffinityBackends {
@@ -205,7 +205,7 @@ fn authenticator(
     if jwt.is_none() {
         tracing::info!("JWT_SECRET_KEY is not set: Aether admin tokens are not accepted, only service tokens");
     }
-    let users = Arc::new(SeaOrmUserAccess::new(database.connection().clone()));
+    let users = Arc::new(SeaOrmUserAccess::new(database.handle()));
     let blacklist = config.redis_url.is_some().then(|| cache.clone());
     Ok(Authenticator::new(jwt, tokens, users, blacklist))
 }
@@ -389,18 +389,18 @@ pub async fn serve(
         let _ = drain_tx.send(true);
     };
 
-    let directory = Arc::new(SeaOrmDirectory::new(stores.database.connection().clone()));
+    let directory = Arc::new(SeaOrmDirectory::new(stores.database.handle()));
     let users = UserEngine::new(stores.cache.clone(), directory);
     let models = ModelResolver::new(
         stores.cache.clone(),
-        Arc::new(SeaOrmModelCatalog::new(stores.database.connection().clone())),
+        Arc::new(SeaOrmModelCatalog::new(stores.database.handle())),
         ModelMappingSettings {
             negative_ttl: config.model_negative_cache_ttl(),
             shared_cache: config.redis_url.is_some(),
         },
     );
     let authenticator = Arc::new(authenticator(&config, &stores.cache, &stores.database)?);
-    let auditor = Auditor::new(Arc::new(SeaOrmAuditSink::new(stores.database.connection().clone())));
+    let auditor = Auditor::new(Arc::new(SeaOrmAuditSink::new(stores.database.handle())));
     let metrics = Arc::new(ServiceMetrics::default());
     register_counters(&metrics, &users, &models, &auditor);
     let envelope = EnvelopeLayer::new(Envelope {

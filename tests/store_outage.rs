@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aether_control::proto::affinity_service_client::AffinityServiceClient;
+use aether_control::proto::user_service_client::UserServiceClient;
 use aether_control::proto::*;
 use common::proxy::CuttableProxy;
 use common::server::AuthedChannel;
@@ -111,7 +112,7 @@ async fn database_outage_is_reported_and_recovered() {
     let channel = server.channel().await;
     wait_for_status(&channel, "", ServingStatus::Serving).await;
 
-    proxy.cut();
+    proxy.partition();
     wait_for_status(&channel, "", ServingStatus::NotServing).await;
     assert_eq!(
         status_of(&channel, "aether.control.v1.UserService").await,
@@ -122,9 +123,27 @@ async fn database_outage_is_reported_and_recovered() {
         status_of(&channel, affinity_service_server_name()).await,
         ServingStatus::Serving
     );
+    // Once the probe has found it down, a call that needs the database
+    // fails at once instead of waiting out the store timeout (500 ms here).
+    let mut users = UserServiceClient::new(channel.clone());
+    let resolve = || ResolveUserRequest {
+        identifier: "nobody".into(),
+    };
+    for _ in 0..5 {
+        let started = Instant::now();
+        let status = users.resolve_user(resolve()).await.expect_err("database down");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "UNAVAILABLE after {:?}",
+            started.elapsed()
+        );
+    }
 
     proxy.restore();
     wait_for_status(&channel, "", ServingStatus::Serving).await;
+    let answered = users.resolve_user(resolve()).await;
+    assert_ne!(answered.err().map(|s| s.code()), Some(Code::Unavailable), "recovered");
     server.stop().await;
     database.drop().await;
 }

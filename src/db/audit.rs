@@ -1,22 +1,22 @@
 //! Audit rows into Aether's `audit_logs` table.
 
 use async_trait::async_trait;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use sea_orm::{ActiveModelTrait, Set};
 
 use super::entities::audit_logs;
-use super::store_error;
+use super::{DbHandle, store_error};
 use crate::domain::audit::{AuditRecord, AuditSink};
 use crate::error::StoreError;
 
 /// Inserts audit rows with sea-orm.
 pub struct SeaOrmAuditSink {
-    db: DatabaseConnection,
+    db: DbHandle,
 }
 
 impl SeaOrmAuditSink {
     /// A sink over `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: impl Into<DbHandle>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -60,7 +60,7 @@ impl AuditSink for SeaOrmAuditSink {
             error_message: Set(record.error_message.clone()),
             created_at: Set(chrono::Utc::now().fixed_offset()),
         }
-        .insert(&self.db)
+        .insert(self.db.get()?)
         .await
         .map(|_| ())
         .map_err(|e| store_error(&e))

@@ -1,22 +1,22 @@
 //! The users-table side of authentication: an admin's standing.
 
 use async_trait::async_trait;
-use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use sea_orm::{EntityTrait, QuerySelect};
 
 use super::entities::users::{self, UserRole};
-use super::store_error;
+use super::{DbHandle, store_error};
 use crate::auth::{UserAccess, UserAccessLookup};
 use crate::error::StoreError;
 
 /// Reads role and active flags from `users`.
 pub struct SeaOrmUserAccess {
-    db: DatabaseConnection,
+    db: DbHandle,
 }
 
 impl SeaOrmUserAccess {
     /// A lookup over `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: impl Into<DbHandle>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -29,7 +29,7 @@ impl UserAccessLookup for SeaOrmUserAccess {
             .column(users::Column::IsActive)
             .column(users::Column::IsDeleted)
             .into_tuple()
-            .one(&self.db)
+            .one(self.db.get()?)
             .await
             .map_err(|e| store_error(&e))?;
         Ok(row.map(|(role, is_active, is_deleted)| UserAccess {

@@ -29,7 +29,7 @@ use sea_orm::{
 use crate::db::entities::{
     api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
 };
-use crate::db::{db_error, unique_chunks};
+use crate::db::{DbHandle, db_error, unique_chunks};
 use crate::domain::affinity::TargetKind;
 use crate::domain::affinity::events::InvalidationReason;
 use crate::domain::directory::{
@@ -46,13 +46,13 @@ type ApiKeyRow = (String, String, Option<String>, Option<String>, bool);
 /// [`Directory`] over a sea-orm connection (PostgreSQL or SQLite).
 #[derive(Clone)]
 pub struct SeaOrmDirectory {
-    db: DatabaseConnection,
+    db: DbHandle,
 }
 
 impl SeaOrmDirectory {
     /// Reads through `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: impl Into<DbHandle>) -> Self {
+        Self { db: db.into() }
     }
 
     /// Whether the table of `kind` has any row.
@@ -61,10 +61,10 @@ impl SeaOrmDirectory {
             Ok(E::find().one(db).await.map_err(db_error)?.is_some())
         }
         match kind {
-            TargetKind::Provider => any::<providers::Entity>(&self.db).await,
-            TargetKind::Endpoint => any::<provider_endpoints::Entity>(&self.db).await,
-            TargetKind::ProviderKey => any::<provider_api_keys::Entity>(&self.db).await,
-            TargetKind::ApiKey => any::<api_keys::Entity>(&self.db).await,
+            TargetKind::Provider => any::<providers::Entity>(self.db.get()?).await,
+            TargetKind::Endpoint => any::<provider_endpoints::Entity>(self.db.get()?).await,
+            TargetKind::ProviderKey => any::<provider_api_keys::Entity>(self.db.get()?).await,
+            TargetKind::ApiKey => any::<api_keys::Entity>(self.db.get()?).await,
         }
     }
 }
@@ -177,7 +177,7 @@ impl Directory for SeaOrmDirectory {
                     .add(users::Column::Email.eq(identifier)),
             )
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
         let mut matches = Vec::new();
@@ -205,7 +205,7 @@ impl Directory for SeaOrmDirectory {
             .columns([api_keys::Column::Id, api_keys::Column::UserId])
             .filter(api_keys::Column::Id.eq(identifier))
             .into_tuple()
-            .one(&self.db)
+            .one(self.db.get()?)
             .await
             .map_err(db_error)?;
         if let Some((key_id, user_id)) = key {
@@ -224,7 +224,7 @@ impl Directory for SeaOrmDirectory {
             .columns(api_key_columns())
             .filter(api_keys::Column::Id.eq(id))
             .into_tuple()
-            .one(&self.db)
+            .one(self.db.get()?)
             .await
             .map_err(db_error)?;
         Ok(row.map(api_key_summary))
@@ -237,7 +237,7 @@ impl Directory for SeaOrmDirectory {
             .filter(api_keys::Column::UserId.eq(user_id))
             .order_by_asc(api_keys::Column::Id)
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
         Ok(rows.into_iter().map(api_key_summary).collect())
@@ -245,14 +245,14 @@ impl Directory for SeaOrmDirectory {
 
     async fn api_keys(&self, ids: &[String]) -> Result<Vec<ApiKeySummary>, StoreError> {
         let rows: Vec<ApiKeyRow> =
-            rows_by_id::<api_keys::Entity, _, 5>(&self.db, api_keys::Column::Id, api_key_columns(), ids).await?;
+            rows_by_id::<api_keys::Entity, _, 5>(self.db.get()?, api_keys::Column::Id, api_key_columns(), ids).await?;
         Ok(rows.into_iter().map(api_key_summary).collect())
     }
 
     async fn users(&self, ids: &[String]) -> Result<Vec<UserSummary>, StoreError> {
         let columns = [users::Column::Id, users::Column::Username, users::Column::Email];
         let rows: Vec<(String, String, String)> =
-            rows_by_id::<users::Entity, _, 3>(&self.db, users::Column::Id, columns, ids).await?;
+            rows_by_id::<users::Entity, _, 3>(self.db.get()?, users::Column::Id, columns, ids).await?;
         Ok(rows
             .into_iter()
             .map(|(id, username, email)| UserSummary { id, username, email })
@@ -272,19 +272,19 @@ impl Directory for SeaOrmDirectory {
         // slowest one, not for all four in a row.
         let (providers, endpoints, provider_keys, models) = futures::future::try_join4(
             rows_by_id::<providers::Entity, (String, String), 2>(
-                &self.db,
+                self.db.get()?,
                 providers::Column::Id,
                 [providers::Column::Id, providers::Column::DisplayName],
                 provider_ids,
             ),
             rows_by_id::<provider_endpoints::Entity, (String, String, String), 3>(
-                &self.db,
+                self.db.get()?,
                 EndpointColumn::Id,
                 [EndpointColumn::Id, EndpointColumn::ApiFormat, EndpointColumn::BaseUrl],
                 endpoint_ids,
             ),
             rows_by_id::<provider_api_keys::Entity, (String, String, String, f64), 4>(
-                &self.db,
+                self.db.get()?,
                 KeyColumn::Id,
                 [
                     KeyColumn::Id,
@@ -295,7 +295,7 @@ impl Directory for SeaOrmDirectory {
                 provider_key_ids,
             ),
             rows_by_id::<global_models::Entity, (String, String, String), 3>(
-                &self.db,
+                self.db.get()?,
                 global_models::Column::Id,
                 [
                     global_models::Column::Id,
@@ -336,7 +336,7 @@ impl Directory for SeaOrmDirectory {
             .column(system_configs::Column::Value)
             .filter(system_configs::Column::Key.eq(key))
             .into_tuple()
-            .one(&self.db)
+            .one(self.db.get()?)
             .await
             .map_err(db_error)
     }
@@ -371,7 +371,7 @@ impl Directory for SeaOrmDirectory {
             .order_by_asc(api_keys::Column::Id)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
 
@@ -382,7 +382,7 @@ impl Directory for SeaOrmDirectory {
             .order_by_asc(providers::Column::Id)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
 
@@ -393,7 +393,7 @@ impl Directory for SeaOrmDirectory {
             .order_by_asc(provider_api_keys::Column::Id)
             .limit(limit)
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
 
@@ -421,7 +421,7 @@ impl Directory for SeaOrmDirectory {
             let rows: Vec<(String, bool, bool)> = match kind {
                 TargetKind::Provider => {
                     active_rows::<providers::Entity>(
-                        &self.db,
+                        self.db.get()?,
                         providers::Column::Id,
                         providers::Column::IsActive,
                         &chunk,
@@ -430,7 +430,7 @@ impl Directory for SeaOrmDirectory {
                 }
                 TargetKind::Endpoint => {
                     active_rows::<provider_endpoints::Entity>(
-                        &self.db,
+                        self.db.get()?,
                         provider_endpoints::Column::Id,
                         provider_endpoints::Column::IsActive,
                         &chunk,
@@ -439,7 +439,7 @@ impl Directory for SeaOrmDirectory {
                 }
                 TargetKind::ProviderKey => {
                     active_rows::<provider_api_keys::Entity>(
-                        &self.db,
+                        self.db.get()?,
                         provider_api_keys::Column::Id,
                         provider_api_keys::Column::IsActive,
                         &chunk,
@@ -456,7 +456,7 @@ impl Directory for SeaOrmDirectory {
                         .left_join(users::Entity)
                         .filter(api_keys::Column::Id.is_in(chunk.clone()))
                         .into_tuple()
-                        .all(&self.db)
+                        .all(self.db.get()?)
                         .await
                         .map_err(db_error)?;
                     rows.into_iter()
@@ -488,7 +488,7 @@ impl Directory for SeaOrmDirectory {
         &self,
         key: &crate::domain::directory::UserKey,
     ) -> Result<Option<crate::domain::directory::UserRow>, StoreError> {
-        user_row(&self.db, key).await
+        user_row(self.db.get()?, key).await
     }
 }
 

@@ -7,6 +7,8 @@ pub mod directory;
 pub mod entities;
 pub mod models;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,6 +54,41 @@ pub fn unique_chunks(ids: &[String]) -> Vec<Vec<String>> {
 pub struct DbConnection {
     connection: DatabaseConnection,
     timeout: Duration,
+    reachable: Arc<AtomicBool>,
+}
+
+/// A connection for the stores, behind the health probe's verdict: while the
+/// last probe failed, calls answer UNAVAILABLE at once instead of each
+/// waiting out the pool's acquire timeout (which would also fill the
+/// in-flight limit and refuse calls that need no database at all).
+#[derive(Clone)]
+pub struct DbHandle {
+    connection: DatabaseConnection,
+    reachable: Arc<AtomicBool>,
+}
+
+impl DbHandle {
+    /// The connection, or UNAVAILABLE while the database is known down.
+    pub fn get(&self) -> Result<&DatabaseConnection, StoreError> {
+        if self.reachable.load(Ordering::Relaxed) {
+            Ok(&self.connection)
+        } else {
+            Err(StoreError::Unavailable {
+                store: StoreKind::Database,
+                detail: "database unreachable at the last health probe".into(),
+            })
+        }
+    }
+}
+
+/// A handle without a health probe (tools, tests): always tries.
+impl From<DatabaseConnection> for DbHandle {
+    fn from(connection: DatabaseConnection) -> Self {
+        Self {
+            connection,
+            reachable: Arc::new(AtomicBool::new(true)),
+        }
+    }
 }
 
 impl DbConnection {
@@ -71,12 +108,25 @@ impl DbConnection {
         if migrate {
             Migrator::up(&connection, None).await?;
         }
-        Ok(Self { connection, timeout })
+        Ok(Self {
+            connection,
+            timeout,
+            reachable: Arc::new(AtomicBool::new(true)),
+        })
     }
 
     /// The sea-orm connection, for queries.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.connection
+    }
+
+    /// A handle that fails fast while the health probe finds the database
+    /// down.
+    pub fn handle(&self) -> DbHandle {
+        DbHandle {
+            connection: self.connection.clone(),
+            reachable: self.reachable.clone(),
+        }
     }
 }
 
@@ -87,12 +137,24 @@ impl HealthProbe for DbConnection {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
-        match tokio::time::timeout(self.timeout, self.connection.ping()).await {
+        // The monitor may cancel a probe that hangs (its own timeout): a
+        // probe that does not finish counts as a failure too.
+        struct Unfinished<'a>(&'a AtomicBool);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let unfinished = Unfinished(&self.reachable);
+        let result = match tokio::time::timeout(self.timeout, self.connection.ping()).await {
             Ok(result) => result.map_err(|e| store_error(&e)),
             Err(_) => Err(StoreError::Unavailable {
                 store: StoreKind::Database,
                 detail: "ping timed out".into(),
             }),
-        }
+        };
+        std::mem::forget(unfinished);
+        self.reachable.store(result.is_ok(), Ordering::Relaxed);
+        result
     }
 }

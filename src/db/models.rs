@@ -21,7 +21,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use crate::db::entities::{global_models, models, providers};
-use crate::db::{db_error, unique_chunks};
+use crate::db::{DbHandle, db_error, unique_chunks};
 use crate::domain::models::{GlobalModel, GlobalModelNames, ModelCatalog, ProviderModel, ProviderNames, ServedModel};
 use crate::error::StoreError;
 
@@ -52,13 +52,13 @@ type GlobalModelRow = (
 /// [`ModelCatalog`] over a sea-orm connection (PostgreSQL or SQLite).
 #[derive(Clone)]
 pub struct SeaOrmModelCatalog {
-    db: DatabaseConnection,
+    db: DbHandle,
 }
 
 impl SeaOrmModelCatalog {
     /// Reads through `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: impl Into<DbHandle>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -185,7 +185,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
             .filter(providers::Column::IsActive.eq(true))
             .filter(global_models::Column::IsActive.eq(true))
             .into_tuple()
-            .all(&self.db)
+            .all(self.db.get()?)
             .await
             .map_err(db_error)?;
         let mut seen = HashSet::new();
@@ -203,7 +203,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
             .filter(global_models::Column::Name.eq(name))
             .filter(global_models::Column::IsActive.eq(true))
             .into_tuple()
-            .one(&self.db)
+            .one(self.db.get()?)
             .await
             .map_err(db_error)?;
         Ok(row.map(global_model))
@@ -214,7 +214,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
         provider_id: &str,
         global_model_id: &str,
     ) -> Result<Vec<ProviderModel>, StoreError> {
-        let present = model_columns(&self.db).await.map_err(db_error)?;
+        let present = model_columns(self.db.get()?).await.map_err(db_error)?;
         let optional: HashSet<String> = OPTIONAL_MODEL_COLUMNS
             .iter()
             .filter(|c| present.contains(**c))
@@ -237,7 +237,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
         for column in OPTIONAL_MODEL_COLUMNS.iter().filter(|c| optional.contains(**c)) {
             select = select.column_as(Expr::col((models::Entity, Alias::new(*column))), *column);
         }
-        let rows = self.db.query_all(&select.into_query()).await.map_err(db_error)?;
+        let rows = self.db.get()?.query_all(&select.into_query()).await.map_err(db_error)?;
         rows.iter()
             .map(|row| provider_model(row, &optional))
             .collect::<Result<_, _>>()
@@ -247,7 +247,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
     async fn active_providers(&self, ids: &[String]) -> Result<HashMap<String, ProviderNames>, StoreError> {
         use providers::Column;
         let rows = active_names::<providers::Entity>(
-            &self.db,
+            self.db.get()?,
             ids,
             [Column::Id, Column::Name, Column::DisplayName],
             Column::IsActive,
@@ -262,7 +262,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
     async fn active_global_models(&self, ids: &[String]) -> Result<HashMap<String, GlobalModelNames>, StoreError> {
         use global_models::Column;
         let rows = active_names::<global_models::Entity>(
-            &self.db,
+            self.db.get()?,
             ids,
             [Column::Id, Column::Name, Column::DisplayName],
             Column::IsActive,
@@ -290,7 +290,7 @@ impl ModelCatalog for SeaOrmModelCatalog {
                 .filter(models::Column::IsActive.eq(true))
                 .filter(providers::Column::IsActive.eq(true))
                 .into_tuple()
-                .all(&self.db)
+                .all(self.db.get()?)
                 .await
                 .map_err(db_error)?;
             served.extend(rows.into_iter().map(

@@ -6,11 +6,23 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// What the proxy does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Forwards them.
+    Up,
+    /// Closes them at once (a store that refuses connections).
+    Refusing,
+    /// Accepts and holds them without a byte (a partition: every
+    /// connection attempt hangs until the client's own timeout).
+    Silent,
+}
+
 /// Forwards connections to `target` while up.
 pub struct CuttableProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    up: watch::Sender<bool>,
+    link: watch::Sender<Link>,
 }
 
 impl CuttableProxy {
@@ -18,13 +30,23 @@ impl CuttableProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let (up, _) = watch::channel(true);
-        let state = up.clone();
+        let (link, _) = watch::channel(Link::Up);
+        let state = link.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let mut down = state.subscribe();
-                if !*down.borrow() {
-                    continue; // dropped: the connection is refused
+                let mut changes = state.subscribe();
+                let now = *changes.borrow();
+                match now {
+                    Link::Refusing => continue, // dropped: the connection is refused
+                    Link::Silent => {
+                        // Held, unanswered, until the link changes.
+                        tokio::spawn(async move {
+                            let _held = client;
+                            let _ = changes.wait_for(|link| *link != Link::Silent).await;
+                        });
+                        continue;
+                    }
+                    Link::Up => {}
                 }
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
@@ -33,21 +55,26 @@ impl CuttableProxy {
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !*up) => {}
+                        _ = changes.wait_for(|link| *link != Link::Up) => {}
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, link }
     }
 
     /// Closes every connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.send_replace(false);
+        self.link.send_replace(Link::Refusing);
+    }
+
+    /// Closes every connection and lets new ones hang unanswered.
+    pub fn partition(&self) {
+        self.link.send_replace(Link::Silent);
     }
 
     /// Accepts connections again.
     pub fn restore(&self) {
-        self.up.send_replace(true);
+        self.link.send_replace(Link::Up);
     }
 }
