@@ -43,6 +43,9 @@ use fred::types::scan::Scanner;
 use futures::StreamExt;
 use sea_orm::ConnectionTrait;
 
+#[allow(dead_code)]
+#[path = "../tests/common/rows.rs"]
+mod rows;
 #[path = "support/world.rs"]
 mod world;
 

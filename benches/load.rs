@@ -46,6 +46,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 #[path = "support/bearer.rs"]
 mod bearer;
+#[allow(dead_code)]
+#[path = "../tests/common/rows.rs"]
+mod rows;
 #[path = "support/world.rs"]
 mod world;
 

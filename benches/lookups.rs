@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aether_control::auth::service_tokens::hash_hex;
 use aether_control::config::Config;
-use aether_control::db::entities::{global_models, models, providers, users};
+use aether_control::db::entities::{global_models, models, users};
 use aether_control::proto::model_mapping_service_client::ModelMappingServiceClient;
 use aether_control::proto::user_service_client::UserServiceClient;
 use aether_control::proto::*;
@@ -23,6 +23,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 #[path = "support/bearer.rs"]
 mod bearer;
+#[allow(dead_code)]
+#[path = "../tests/common/rows.rs"]
+mod rows;
 
 use bearer::{Authed, Bearer};
 
@@ -51,37 +54,17 @@ where
 
 async fn seed(url: &str) {
     let db = Database::connect(url).await.expect("fixture database");
-    users::ActiveModel {
-        id: Set("u-bench".into()),
-        email: Set("bench@example.com".into()),
-        username: Set("bench".into()),
-        role: Set(users::UserRole::User),
-        is_active: Set(true),
-        is_deleted: Set(false),
-        ..Default::default()
-    }
-    .insert(&db)
-    .await
-    .expect("user");
-    providers::ActiveModel {
-        id: Set("p-bench".into()),
-        name: Set("bench".into()),
-        display_name: Set("Bench".into()),
-        is_active: Set(true),
-        billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
-        ..Default::default()
-    }
-    .insert(&db)
-    .await
-    .expect("provider");
+    rows::user("u-bench", "bench", "bench@example.com", users::UserRole::User)
+        .insert(&db)
+        .await
+        .expect("user");
+    rows::provider("p-bench", "bench", "Bench")
+        .insert(&db)
+        .await
+        .expect("provider");
     global_models::ActiveModel {
-        id: Set("gm-bench".into()),
-        name: Set("bench-model".into()),
-        display_name: Set("Bench Model".into()),
-        is_active: Set(true),
         supported_capabilities: Set(Some(serde_json::json!([]))),
-        default_tiered_pricing: Set(serde_json::json!({"tiers": []})),
-        ..Default::default()
+        ..rows::global_model("gm-bench", "bench-model", "Bench Model")
     }
     .insert(&db)
     .await

@@ -21,7 +21,7 @@ async fn clears_are_audited_as_aether_audits_them() {
     let server = TestServer::start(&["--database-url", &url, "--jwt-secret-key", common::jwt::SECRET]).await;
     fixtures::seed(&url).await;
     let db = Database::connect(&url).await.unwrap();
-    fixtures::user(ADMIN_ID, "admin", "admin@example.com", users::UserRole::Admin)
+    common::rows::user(ADMIN_ID, "admin", "admin@example.com", users::UserRole::Admin)
         .insert(&db)
         .await
         .unwrap();

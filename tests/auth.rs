@@ -73,7 +73,7 @@ async fn add_user(url: &str, id: &str, role: users::UserRole, active: bool) {
     let db = Database::connect(url).await.unwrap();
     users::ActiveModel {
         is_active: Set(active),
-        ..common::fixtures::user(id, id, &format!("{id}@example.com"), role)
+        ..common::rows::user(id, id, &format!("{id}@example.com"), role)
     }
     .insert(&db)
     .await

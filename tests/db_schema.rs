@@ -182,42 +182,37 @@ async fn insert_one_row_per_table(db: &DatabaseConnection) {
     users::ActiveModel {
         quota_usd: Set(Some(12.5)),
         allowed_models: Set(Some(json!(["claude-sonnet-4"]))),
-        ..common::fixtures::user(USER_ID, "admin", "admin@example.com", UserRole::Admin)
+        ..common::rows::user(USER_ID, "admin", "admin@example.com", UserRole::Admin)
     }
     .insert(db)
     .await
     .expect("insert user");
     api_keys::ActiveModel {
-        id: Set(API_KEY_ID.to_owned()),
-        user_id: Set(USER_ID.to_owned()),
-        key_hash: Set("a".repeat(64)),
         name: Set(Some("default".to_owned())),
-        is_standalone: Set(false),
-        is_active: Set(true),
         allowed_api_formats: Set(Some(json!(["CLAUDE"]))),
-        ..Default::default()
+        ..common::rows::api_key(API_KEY_ID, USER_ID, &"a".repeat(64))
     }
     .insert(db)
     .await
     .expect("insert api key");
-    common::fixtures::provider(PROVIDER_ID, "anthropic", "Anthropic")
+    common::rows::provider(PROVIDER_ID, "anthropic", "Anthropic")
         .insert(db)
         .await
         .expect("insert provider");
     provider_endpoints::ActiveModel {
         proxy: Set(Some(json!({"url": "http://proxy:3128"}))),
-        ..common::fixtures::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
+        ..common::rows::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
     }
     .insert(db)
     .await
     .expect("insert endpoint");
-    common::fixtures::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
+    common::rows::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
         .insert(db)
         .await
         .expect("insert provider key");
     global_models::ActiveModel {
         config: Set(Some(json!({"streaming": true}))),
-        ..common::fixtures::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
+        ..common::rows::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
     }
     .insert(db)
     .await

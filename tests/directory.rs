@@ -382,7 +382,7 @@ async fn search_is_a_literal_case_insensitive_substring_match(directory: &SeaOrm
 
 async fn insert_rows(db: &DatabaseConnection) {
     for (id, username, email) in [(USER_A, ALICE, ALICE_EMAIL), (USER_B, ALICE_EMAIL, BOB_EMAIL)] {
-        common::fixtures::user(id, username, email, UserRole::User)
+        common::rows::user(id, username, email, UserRole::User)
             .insert(db)
             .await
             .expect("insert user");
@@ -395,32 +395,29 @@ async fn insert_rows(db: &DatabaseConnection) {
     ];
     for (n, (id, user_id, name, key_encrypted, is_standalone)) in api_key_rows.into_iter().enumerate() {
         api_keys::ActiveModel {
-            id: Set(id.to_owned()),
-            user_id: Set(user_id.to_owned()),
-            key_hash: Set(format!("{n:064}")),
             key_encrypted: Set(key_encrypted.map(str::to_owned)),
             name: Set(name.map(str::to_owned)),
             is_standalone: Set(is_standalone),
             is_active: Set(n != 3),
-            ..Default::default()
+            ..common::rows::api_key(id, user_id, &format!("{n:064}"))
         }
         .insert(db)
         .await
         .expect("insert api key");
     }
-    common::fixtures::provider(PROVIDER_ID, "anthropic", "Anthropic")
+    common::rows::provider(PROVIDER_ID, "anthropic", "Anthropic")
         .insert(db)
         .await
         .expect("insert provider");
-    common::fixtures::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
+    common::rows::endpoint(ENDPOINT_ID, PROVIDER_ID, "CLAUDE", "https://api.anthropic.com")
         .insert(db)
         .await
         .expect("insert endpoint");
-    common::fixtures::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
+    common::rows::provider_key(PROVIDER_KEY_ID, ENDPOINT_ID, "gAAAAA-encrypted", "primary")
         .insert(db)
         .await
         .expect("insert provider key");
-    common::fixtures::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
+    common::rows::global_model(GLOBAL_MODEL_ID, "claude-sonnet-4", "Claude Sonnet 4")
         .insert(db)
         .await
         .expect("insert global model");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aether_control::db::DbConnection;
 use aether_control::db::directory::SeaOrmDirectory;
-use aether_control::db::entities::{api_keys, users};
+use aether_control::db::entities::users;
 use aether_control::domain::directory::UserKey;
 use aether_control::domain::users::UserEngine;
 use aether_control::error::{StoreError, StoreKind};
@@ -79,27 +79,20 @@ async fn seed_users(url: &str) {
         created_at: Set(at(CAROL_CREATED)),
         updated_at: Set(at(CAROL_CREATED)),
         last_login_at: Set(Some(at(CAROL_LOGIN))),
-        ..fixtures::user(CAROL, "carol", CAROL_EMAIL, users::UserRole::Admin)
+        ..common::rows::user(CAROL, "carol", CAROL_EMAIL, users::UserRole::Admin)
     };
     carol.insert(&db).await.expect("insert carol");
     for (id, username, email) in [(DAVE, CAROL_EMAIL, DAVE_EMAIL), (GLOB, "glob", GLOB_EMAIL)] {
-        fixtures::user(id, username, email, users::UserRole::User)
+        common::rows::user(id, username, email, users::UserRole::User)
             .insert(&db)
             .await
             .expect("insert user");
     }
     for (id, owner) in [(BOB_ODD_KEY, BOB), (CAROL_KEY, CAROL)] {
-        api_keys::ActiveModel {
-            id: Set(id.into()),
-            user_id: Set(owner.into()),
-            key_hash: Set(format!("{id:0>64}")),
-            is_standalone: Set(false),
-            is_active: Set(true),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .expect("insert api key");
+        common::rows::api_key(id, owner, &format!("{id:0>64}"))
+            .insert(&db)
+            .await
+            .expect("insert api key");
     }
     // Raw text, so the stored JSON keeps its member order (sea-orm's Value
     // would sort the keys).

@@ -8,6 +8,8 @@ use aether_control::db::entities::{api_keys, global_models, provider_api_keys, p
 use aether_control::domain::affinity::{AffinityKey, AffinityRecord, AffinityTarget, now_epoch};
 use aether_control::domain::crypto::KeyCipher;
 use aether_control::store::redis::RedisConnection;
+
+use crate::rows;
 use fred::prelude::*;
 use futures::{StreamExt, TryStreamExt};
 use sea_orm::{ConnectionTrait, EntityTrait, Set, TransactionTrait};
@@ -157,29 +159,22 @@ impl World {
 pub async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, cipher: &KeyCipher) -> BenchResult<()> {
     let txn = db.begin().await?;
     for (p, id) in world.providers.iter().enumerate() {
-        providers::Entity::insert(providers::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(format!("bench-provider-{p:02}")),
-            display_name: Set(format!("Bench Provider {p:02}")),
-            is_active: Set(true),
-            billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
-            ..Default::default()
-        })
+        providers::Entity::insert(rows::provider(
+            id,
+            &format!("bench-provider-{p:02}"),
+            &format!("Bench Provider {p:02}"),
+        ))
         .exec_without_returning(&txn)
         .await?;
     }
-    let endpoints = world
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(e, id)| provider_endpoints::ActiveModel {
-            id: Set(id.clone()),
-            provider_id: Set(world.providers[e / FORMATS.len()].clone()),
-            api_format: Set(FORMATS[e % FORMATS.len()].to_owned()),
-            base_url: Set(format!("https://provider-{:02}.example/v1", e / FORMATS.len())),
-            is_active: Set(true),
-            ..Default::default()
-        });
+    let endpoints = world.endpoints.iter().enumerate().map(|(e, id)| {
+        rows::endpoint(
+            id,
+            &world.providers[e / FORMATS.len()],
+            FORMATS[e % FORMATS.len()],
+            &format!("https://provider-{:02}.example/v1", e / FORMATS.len()),
+        )
+    });
     provider_endpoints::Entity::insert_many(endpoints)
         .exec_without_returning(&txn)
         .await?;
@@ -188,14 +183,13 @@ pub async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, ciph
         .iter()
         .enumerate()
         .map(|(k, id)| provider_api_keys::ActiveModel {
-            id: Set(id.clone()),
-            endpoint_id: Set(world.endpoints[k / KEYS_PER_ENDPOINT].clone()),
-            api_key: Set(cipher.encrypt(&format!("sk-upstream-{:024x}", splitmix(k as u64 ^ 0x5EC0)))),
-            name: Set(format!("upstream key {k:03}")),
             rate_multiplier: Set(1.0),
-            cache_ttl_minutes: Set(5),
-            is_active: Set(true),
-            ..Default::default()
+            ..rows::provider_key(
+                id,
+                &world.endpoints[k / KEYS_PER_ENDPOINT],
+                &cipher.encrypt(&format!("sk-upstream-{:024x}", splitmix(k as u64 ^ 0x5EC0))),
+                &format!("upstream key {k:03}"),
+            )
         });
     provider_api_keys::Entity::insert_many(provider_keys)
         .exec_without_returning(&txn)
@@ -204,28 +198,15 @@ pub async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, ciph
         .models
         .iter()
         .zip(MODELS)
-        .map(|(id, (name, display))| global_models::ActiveModel {
-            id: Set(id.clone()),
-            name: Set(name.to_owned()),
-            display_name: Set(display.to_owned()),
-            is_active: Set(true),
-            default_tiered_pricing: Set(serde_json::json!({"tiers": []})),
-            ..Default::default()
-        });
+        .map(|(id, (name, display))| rows::global_model(id, name, display));
     global_models::Entity::insert_many(models)
         .exec_without_returning(&txn)
         .await?;
     for chunk in world.users.chunks(INSERT_CHUNK) {
-        let rows = chunk.iter().map(|(id, username)| users::ActiveModel {
-            id: Set(id.clone()),
-            email: Set(format!("{username}@example.com")),
-            username: Set(username.clone()),
-            role: Set(users::UserRole::User),
-            is_active: Set(true),
-            is_deleted: Set(false),
-            ..Default::default()
-        });
-        users::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+        let users = chunk
+            .iter()
+            .map(|(id, username)| rows::user(id, username, &format!("{username}@example.com"), users::UserRole::User));
+        users::Entity::insert_many(users).exec_without_returning(&txn).await?;
     }
     for (chunk_index, chunk) in world.api_keys.chunks(INSERT_CHUNK).enumerate() {
         let rows = chunk.iter().enumerate().map(|(offset, id)| {
@@ -233,14 +214,9 @@ pub async fn seed_database(db: &sea_orm::DatabaseConnection, world: &World, ciph
             let plaintext = format!("sk-bench-{:032x}", splitmix(k as u64 ^ 0xA9E7));
             let hash = ring::digest::digest(&ring::digest::SHA256, plaintext.as_bytes());
             api_keys::ActiveModel {
-                id: Set(id.clone()),
-                user_id: Set(world.users[k / KEYS_PER_USER].0.clone()),
-                key_hash: Set(hex(hash.as_ref())),
                 key_encrypted: Set(Some(cipher.encrypt(&plaintext))),
                 name: Set(Some(format!("bench key {k:06}"))),
-                is_standalone: Set(false),
-                is_active: Set(true),
-                ..Default::default()
+                ..rows::api_key(id, &world.users[k / KEYS_PER_USER].0, &hex(hash.as_ref()))
             }
         });
         api_keys::Entity::insert_many(rows).exec_without_returning(&txn).await?;

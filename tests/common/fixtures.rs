@@ -2,10 +2,10 @@
 //! providers with an endpoint and a key each, a global model, and a
 //! scheduling switch. Keys are stored encrypted as Aether stores them.
 
-use aether_control::db::entities::{
-    api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
-};
+use aether_control::db::entities::{api_keys, system_configs, users};
 use aether_control::domain::crypto::KeyCipher;
+
+use super::rows::{api_key, endpoint, global_model, provider, provider_key, user};
 use sea_orm::{ActiveModelTrait, Database, Set};
 use serde_json::json;
 
@@ -22,70 +22,6 @@ pub const ALPHA_KEY: &str = "pk-alpha";
 pub const BETA_KEY: &str = "pk-beta";
 pub const MODEL: &str = "gm-sonnet";
 
-/// A `users` row: active, not deleted, with `role`; other columns by struct
-/// update (`users::ActiveModel { quota_usd: .., ..fixtures::user(..) }`).
-pub fn user(id: &str, username: &str, email: &str, role: users::UserRole) -> users::ActiveModel {
-    users::ActiveModel {
-        id: Set(id.into()),
-        email: Set(email.into()),
-        username: Set(username.into()),
-        role: Set(role),
-        is_active: Set(true),
-        is_deleted: Set(false),
-        ..Default::default()
-    }
-}
-
-/// An active pay-as-you-go `providers` row.
-pub fn provider(id: &str, name: &str, display_name: &str) -> providers::ActiveModel {
-    providers::ActiveModel {
-        id: Set(id.into()),
-        name: Set(name.into()),
-        display_name: Set(display_name.into()),
-        is_active: Set(true),
-        billing_type: Set(providers::ProviderBillingType::PayAsYouGo),
-        ..Default::default()
-    }
-}
-
-/// An active `provider_endpoints` row.
-pub fn endpoint(id: &str, provider_id: &str, api_format: &str, base_url: &str) -> provider_endpoints::ActiveModel {
-    provider_endpoints::ActiveModel {
-        id: Set(id.into()),
-        provider_id: Set(provider_id.into()),
-        api_format: Set(api_format.into()),
-        base_url: Set(base_url.into()),
-        is_active: Set(true),
-        ..Default::default()
-    }
-}
-
-/// An active `provider_api_keys` row (rate 1.5, cache TTL 5 minutes).
-pub fn provider_key(id: &str, endpoint_id: &str, api_key: &str, name: &str) -> provider_api_keys::ActiveModel {
-    provider_api_keys::ActiveModel {
-        id: Set(id.into()),
-        endpoint_id: Set(endpoint_id.into()),
-        api_key: Set(api_key.into()),
-        name: Set(name.into()),
-        rate_multiplier: Set(1.5),
-        cache_ttl_minutes: Set(5),
-        is_active: Set(true),
-        ..Default::default()
-    }
-}
-
-/// An active `global_models` row without tiers.
-pub fn global_model(id: &str, name: &str, display_name: &str) -> global_models::ActiveModel {
-    global_models::ActiveModel {
-        id: Set(id.into()),
-        name: Set(name.into()),
-        display_name: Set(display_name.into()),
-        is_active: Set(true),
-        default_tiered_pricing: Set(json!({"tiers": []})),
-        ..Default::default()
-    }
-}
-
 /// Inserts the world into the database at `url` (schema already migrated).
 pub async fn seed(url: &str) {
     let db = Database::connect(url).await.expect("connect to fixture database");
@@ -97,20 +33,15 @@ pub async fn seed(url: &str) {
             .await
             .expect("insert user");
     }
-    for (id, user, name, plaintext) in [
+    for (id, owner, name, plaintext) in [
         (ALICE_KEY_1, ALICE, "alice laptop", "sk-alice-laptop-0001"),
         (ALICE_KEY_2, ALICE, "alice ci", "sk-alice-ci-000000002"),
         (BOB_KEY, BOB, "bob main", "sk-bob-main-00000003"),
     ] {
         api_keys::ActiveModel {
-            id: Set(id.into()),
-            user_id: Set(user.into()),
-            key_hash: Set(format!("{id:0>64}")),
             key_encrypted: Set(Some(cipher.encrypt(plaintext))),
             name: Set(Some(name.into())),
-            is_standalone: Set(false),
-            is_active: Set(true),
-            ..Default::default()
+            ..api_key(id, owner, &format!("{id:0>64}"))
         }
         .insert(&db)
         .await

@@ -7,6 +7,7 @@ pub mod jwt;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
+pub mod rows;
 pub mod server;
 pub mod stores;
 
