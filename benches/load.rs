@@ -44,7 +44,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-#[path = "support/bearer.rs"]
+#[path = "../tests/common/bearer.rs"]
 mod bearer;
 #[allow(dead_code)]
 #[path = "../tests/common/rows.rs"]
@@ -52,7 +52,7 @@ mod rows;
 #[path = "support/world.rs"]
 mod world;
 
-use bearer::{Authed, Bearer};
+use bearer::{AuthedChannel, BearerToken};
 use world::{BenchResult, Rng, World, load_redis, seed_database};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_aether-control");
@@ -547,7 +547,7 @@ impl Service {
     }
 
     async fn caller(&self, world: Arc<World>) -> BenchResult<Caller> {
-        let authed: Authed = InterceptedService::new(self.channel().await?, Bearer(TOKEN));
+        let authed: AuthedChannel = InterceptedService::new(self.channel().await?, BearerToken(TOKEN));
         Ok(Caller {
             affinity: AffinityServiceClient::new(authed.clone()),
             users: UserServiceClient::new(authed),
@@ -606,8 +606,8 @@ impl Outcome {
 
 #[derive(Clone)]
 struct Caller {
-    affinity: AffinityServiceClient<Authed>,
-    users: UserServiceClient<Authed>,
+    affinity: AffinityServiceClient<AuthedChannel>,
+    users: UserServiceClient<AuthedChannel>,
     world: Arc<World>,
 }
 

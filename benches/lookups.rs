@@ -21,13 +21,13 @@ use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-#[path = "support/bearer.rs"]
+#[path = "../tests/common/bearer.rs"]
 mod bearer;
 #[allow(dead_code)]
 #[path = "../tests/common/rows.rs"]
 mod rows;
 
-use bearer::{Authed, Bearer};
+use bearer::{AuthedChannel, BearerToken};
 
 const TOKEN: &str = "bench-token";
 const ITERATIONS: usize = 2000;
@@ -131,7 +131,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     seed(&db_url).await;
-    let authed: Authed = InterceptedService::new(channel.clone(), Bearer(TOKEN));
+    let authed: AuthedChannel = InterceptedService::new(channel.clone(), BearerToken(TOKEN));
     let users = UserServiceClient::new(authed.clone());
     let models = ModelMappingServiceClient::new(authed);
     let health = HealthClient::new(channel);

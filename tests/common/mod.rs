@@ -1,6 +1,7 @@
 //! Shared test support: real stores, isolated per test.
 #![allow(dead_code)]
 
+pub mod bearer;
 pub mod cluster;
 pub mod fixtures;
 pub mod jwt;

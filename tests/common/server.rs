@@ -8,7 +8,6 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -40,22 +39,7 @@ pub mod tokens {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(&'static str);
-
-impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {}", self.0)
-            .parse()
-            .map_err(|_| tonic::Status::internal("token metadata"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
-}
-
-/// A channel that authenticates every call.
-pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
+pub use super::bearer::{AuthedChannel, BearerToken};
 
 /// A running server and what it needs to stop cleanly.
 pub struct TestServer {

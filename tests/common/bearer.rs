@@ -1,5 +1,7 @@
-//! Service-token authentication for benchmark clients: every call carries
-//! `authorization: Bearer <token>`, as a gateway's calls do.
+//! Service-token authentication for test and benchmark clients: every call
+//! carries `authorization: Bearer <token>`, as a gateway's calls do.
+//! Benchmarks include this file by path, so it depends on nothing else in
+//! `common`.
 
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -7,9 +9,9 @@ use tonic::transport::Channel;
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
-pub struct Bearer(pub &'static str);
+pub struct BearerToken(pub &'static str);
 
-impl Interceptor for Bearer {
+impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let value = format!("Bearer {}", self.0)
             .parse()
@@ -20,4 +22,4 @@ impl Interceptor for Bearer {
 }
 
 /// A channel that authenticates every call.
-pub type Authed = InterceptedService<Channel, Bearer>;
+pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
