@@ -54,39 +54,25 @@ impl SeaOrmDirectory {
     pub fn new(db: impl Into<DbHandle>) -> Self {
         Self { db: db.into() }
     }
-
-    /// Whether the table of `kind` has any row.
-    async fn has_rows(&self, kind: TargetKind) -> Result<bool, StoreError> {
-        async fn any<E: EntityTrait>(db: &DatabaseConnection) -> Result<bool, StoreError> {
-            Ok(E::find().one(db).await.map_err(db_error)?.is_some())
-        }
-        match kind {
-            TargetKind::Provider => any::<providers::Entity>(self.db.get()?).await,
-            TargetKind::Endpoint => any::<provider_endpoints::Entity>(self.db.get()?).await,
-            TargetKind::ProviderKey => any::<provider_api_keys::Entity>(self.db.get()?).await,
-            TargetKind::ApiKey => any::<api_keys::Entity>(self.db.get()?).await,
-        }
-    }
 }
 
-/// (id, is_active, true) of the rows of `E` among `ids` (no owner to check,
-/// so the owner counts as active).
-async fn active_rows<E: EntityTrait>(
+/// What a target table says of `ids`: (id, row active, owner active) of the
+/// rows found (no owner here, so it counts as active), and whether the table
+/// has any row at all.
+async fn standing<E: EntityTrait>(
     db: &DatabaseConnection,
     id: E::Column,
     is_active: E::Column,
     ids: &[String],
-) -> Result<Vec<(String, bool, bool)>, StoreError> {
-    let rows: Vec<(String, bool)> = E::find()
-        .select_only()
-        .column(id)
-        .column(is_active)
-        .filter(id.is_in(ids.to_vec()))
-        .into_tuple()
-        .all(db)
-        .await
-        .map_err(db_error)?;
-    Ok(rows.into_iter().map(|(id, active)| (id, active, true)).collect())
+) -> Result<(Vec<(String, bool, bool)>, bool), StoreError> {
+    let rows: Vec<(String, bool)> = rows_by_id::<E, _, 2>(db, id, [id, is_active], ids).await?;
+    let rows = rows.into_iter().map(|(id, active)| (id, active, true)).collect();
+    Ok((rows, has_rows::<E>(db).await?))
+}
+
+/// Whether `E`'s table has any row.
+async fn has_rows<E: EntityTrait>(db: &DatabaseConnection) -> Result<bool, StoreError> {
+    Ok(E::find().one(db).await.map_err(db_error)?.is_some())
 }
 
 /// The `api_keys` columns of an [`ApiKeySummary`].
@@ -409,79 +395,59 @@ impl Directory for SeaOrmDirectory {
         kind: TargetKind,
         ids: &[String],
     ) -> Result<Vec<(String, InvalidationReason)>, StoreError> {
-        let row_reason = match kind {
-            TargetKind::Provider => InvalidationReason::ProviderInactive,
-            TargetKind::Endpoint => InvalidationReason::EndpointInactive,
-            TargetKind::ProviderKey => InvalidationReason::ProviderKeyInactive,
-            TargetKind::ApiKey => InvalidationReason::ApiKeyInactive,
-        };
-        let mut inactive = Vec::new();
-        for chunk in unique_chunks(ids) {
-            // (id, row active, owner active) of the rows that exist.
-            let rows: Vec<(String, bool, bool)> = match kind {
-                TargetKind::Provider => {
-                    active_rows::<providers::Entity>(
-                        self.db.get()?,
-                        providers::Column::Id,
-                        providers::Column::IsActive,
-                        &chunk,
-                    )
-                    .await?
-                }
-                TargetKind::Endpoint => {
-                    active_rows::<provider_endpoints::Entity>(
-                        self.db.get()?,
-                        provider_endpoints::Column::Id,
-                        provider_endpoints::Column::IsActive,
-                        &chunk,
-                    )
-                    .await?
-                }
-                TargetKind::ProviderKey => {
-                    active_rows::<provider_api_keys::Entity>(
-                        self.db.get()?,
-                        provider_api_keys::Column::Id,
-                        provider_api_keys::Column::IsActive,
-                        &chunk,
-                    )
-                    .await?
-                }
-                TargetKind::ApiKey => {
-                    let rows: Vec<(String, bool, Option<bool>, Option<bool>)> = api_keys::Entity::find()
+        let db = self.db.get()?;
+        let (rows, table_has_rows) = match kind {
+            TargetKind::Provider => {
+                standing::<providers::Entity>(db, providers::Column::Id, providers::Column::IsActive, ids).await?
+            }
+            TargetKind::Endpoint => {
+                use provider_endpoints::Column;
+                standing::<provider_endpoints::Entity>(db, Column::Id, Column::IsActive, ids).await?
+            }
+            TargetKind::ProviderKey => {
+                use provider_api_keys::Column;
+                standing::<provider_api_keys::Entity>(db, Column::Id, Column::IsActive, ids).await?
+            }
+            TargetKind::ApiKey => {
+                let mut rows = Vec::new();
+                for chunk in unique_chunks(ids) {
+                    let found: Vec<(String, bool, Option<bool>, Option<bool>)> = api_keys::Entity::find()
                         .select_only()
                         .column(api_keys::Column::Id)
                         .column(api_keys::Column::IsActive)
                         .column(users::Column::IsActive)
                         .column(users::Column::IsDeleted)
                         .left_join(users::Entity)
-                        .filter(api_keys::Column::Id.is_in(chunk.clone()))
+                        .filter(api_keys::Column::Id.is_in(chunk))
                         .into_tuple()
-                        .all(self.db.get()?)
+                        .all(db)
                         .await
                         .map_err(db_error)?;
-                    rows.into_iter()
-                        .map(|(id, key_active, user_active, user_deleted)| {
-                            (id, key_active, user_active == Some(true) && user_deleted == Some(false))
-                        })
-                        .collect()
+                    rows.extend(found.into_iter().map(|(id, key_active, user_active, user_deleted)| {
+                        (id, key_active, user_active == Some(true) && user_deleted == Some(false))
+                    }));
                 }
-            };
-            let found: std::collections::HashMap<String, (bool, bool)> = rows
-                .into_iter()
-                .map(|(id, active, owner)| (id, (active, owner)))
-                .collect();
-            // A row missing from an empty table was never there (the embedded
-            // default, a database not yet filled): only a table with rows
-            // proves a missing one was deleted.
-            let missing_means_deleted = found.len() == chunk.len() || self.has_rows(kind).await?;
-            inactive.extend(chunk.into_iter().filter_map(|id| match found.get(&id) {
+                (rows, has_rows::<api_keys::Entity>(db).await?)
+            }
+        };
+        let found: std::collections::HashMap<String, (bool, bool)> = rows
+            .into_iter()
+            .map(|(id, active, owner)| (id, (active, owner)))
+            .collect();
+        // A row missing from an empty table was never there (the embedded
+        // default, a database not yet filled): only a table with rows
+        // proves a missing one was deleted.
+        let row_reason = kind.inactive_reason();
+        Ok(unique_chunks(ids)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| match found.get(&id) {
                 Some((true, true)) => None,
                 Some((true, false)) => Some((id, InvalidationReason::UserInactive)),
                 Some((false, _)) => Some((id, row_reason)),
-                None => missing_means_deleted.then_some((id, row_reason)),
-            }));
-        }
-        Ok(inactive)
+                None => table_has_rows.then_some((id, row_reason)),
+            })
+            .collect())
     }
 
     async fn user_row(

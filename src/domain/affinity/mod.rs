@@ -164,6 +164,16 @@ impl TargetKind {
         }
     }
 
+    /// Why a binding goes when its row of this kind is disabled or deleted.
+    pub fn inactive_reason(self) -> events::InvalidationReason {
+        match self {
+            Self::Provider => events::InvalidationReason::ProviderInactive,
+            Self::Endpoint => events::InvalidationReason::EndpointInactive,
+            Self::ProviderKey => events::InvalidationReason::ProviderKeyInactive,
+            Self::ApiKey => events::InvalidationReason::ApiKeyInactive,
+        }
+    }
+
     /// The guard that deletes an entry only while it still points at `id`
     /// (an API key is part of the entry's key, so it needs none).
     pub fn guard(self, id: &str) -> InvalidationGuard {
