@@ -143,7 +143,8 @@ pub trait Directory: Send + Sync + 'static {
     /// Which of `ids` (rows of `kind`) a binding must no longer point at,
     /// and why: the row is not active, or missing from a table that has rows
     /// (deleted); for an API key, also its owner missing, inactive or
-    /// deleted. One or two indexed queries per call.
+    /// deleted. One indexed query per 500 ids, and one to see whether the
+    /// table has any row.
     async fn inactive_targets(
         &self,
         kind: TargetKind,
