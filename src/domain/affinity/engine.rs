@@ -369,7 +369,7 @@ impl AffinityEngine {
         };
         let (usage, invalidated) = futures::future::try_join(recorded, dropped).await?;
         let reason = match (report.outcome.invalidation_reason(), &invalidated) {
-            (_, Some(_)) => drop_reason.map_or(decision::BINDING_MOVED, InvalidationReason::as_str),
+            (Some(dropped_for), Some(_)) => dropped_for.as_str(),
             (Some(_), None) => decision::BINDING_MOVED,
             (None, _) if report.outcome == UpstreamOutcome::ClientError => decision::CLIENT_ERROR_KEEPS_BINDING,
             (None, _) => decision::SUCCESS_KEEPS_BINDING,

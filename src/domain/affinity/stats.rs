@@ -343,13 +343,7 @@ fn render_upstream(family: &mut impl FnMut(&str, &str, &str, &[(String, f64)]), 
         let mut ratios = Vec::new();
         for (scope, counters) in &scoped {
             for outcome in UpstreamOutcome::ALL {
-                let count = match outcome {
-                    UpstreamOutcome::Success => counters.successes,
-                    UpstreamOutcome::AuthError => counters.auth_errors,
-                    UpstreamOutcome::RateLimited => counters.rate_limited,
-                    UpstreamOutcome::ServerError => counters.server_errors,
-                    UpstreamOutcome::ClientError => counters.client_errors,
-                };
+                let count = counters.outcome_count(outcome);
                 requests.push((join(scope, &format!("outcome=\"{}\"", outcome.as_str())), count as f64));
             }
             for (kind, count) in [

@@ -200,6 +200,13 @@ impl UsageCounters {
         }
     }
 
+    /// The reports of `outcome`.
+    pub fn outcome_count(&self, outcome: UpstreamOutcome) -> i64 {
+        // The counters are Copy: read through the one name-to-field map.
+        let mut counters = *self;
+        counters.slot(outcome.counter()).map_or(0, |count| *count)
+    }
+
     /// Adds a report's deltas.
     pub fn apply(&mut self, report: &UsageReport) {
         for (field, delta) in report.deltas() {
@@ -339,6 +346,8 @@ mod tests {
         totals.apply(&report(UpstreamOutcome::RateLimited, 1000, 0, 100));
         assert_eq!(totals.total.requests, 2);
         assert_eq!((totals.total.successes, totals.total.rate_limited), (1, 1));
+        assert_eq!(totals.total.outcome_count(UpstreamOutcome::RateLimited), 1);
+        assert_eq!(totals.total.outcome_count(UpstreamOutcome::AuthError), 0);
         assert_eq!(totals.total.cache_read_ratio(), 0.45);
         let providers: Vec<_> = totals.group(UsageGroup::Provider).collect();
         assert_eq!(providers.len(), 1);
