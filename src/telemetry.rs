@@ -3,6 +3,8 @@
 //! call's span over OTLP/gRPC, parented to the caller's `traceparent`.
 //! Without an endpoint nothing is exported and nothing else changes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -54,6 +56,7 @@ impl Telemetry {
                 .try_init(),
         };
         installed.map_err(|e| e.to_string())?;
+        EXPORTING.store(provider.is_some(), Ordering::Relaxed);
         Ok(Self { provider })
     }
 
@@ -80,9 +83,16 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Makes `span` a child of the caller's W3C trace context, if it sent one
-/// (a no-op unless the OpenTelemetry layer is installed).
+/// Whether spans are exported (an OTLP endpoint was configured).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Makes `span` a child of the caller's W3C trace context. Only when spans
+/// are exported: otherwise nothing would read the link, and the headers are
+/// not parsed a second time on every call.
 pub fn link_to_caller(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
     // Only fails when the span is disabled; then there is nothing to link.
     let _ = span.set_parent(parent);

@@ -88,9 +88,6 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if required_scope(request.uri().path()).is_none() {
-            return Box::pin(self.inner.call(request));
-        }
         // The ready inner service goes with this call; a fresh clone stays.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -162,8 +162,8 @@ where
         );
         if let Some(trace_id) = &trace_id {
             span.record("trace_id", trace_id.as_str());
+            crate::telemetry::link_to_caller(&span, request.headers());
         }
-        crate::telemetry::link_to_caller(&span, request.headers());
         Box::pin(crate::trace::with_trace_id(
             trace_id,
             async move {
