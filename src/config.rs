@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// Default of `AETHER_CONTROL_NAME_CACHE_TTL_SECONDS`.
+pub const DEFAULT_NAME_CACHE_TTL_SECONDS: u64 = 5;
+
 /// Deployment environment, as Aether names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "lower")]
@@ -182,6 +185,12 @@ pub struct Config {
     #[arg(long, env = "AETHER_CONTROL_MODEL_NEGATIVE_CACHE_TTL_SECONDS", default_value_t = 30)]
     pub model_negative_cache_ttl_seconds: u64,
 
+    /// How long the provider, endpoint, provider key and global model rows
+    /// that name listed affinities are kept in process, in seconds: a rename
+    /// shows in listings at most this late. 0 reads them every time.
+    #[arg(long, env = "AETHER_CONTROL_NAME_CACHE_TTL_SECONDS", default_value_t = DEFAULT_NAME_CACHE_TTL_SECONDS)]
+    pub name_cache_ttl_seconds: u64,
+
     /// When to create missing tables.
     #[arg(long, env = "AETHER_CONTROL_DB_MIGRATE", value_enum, default_value = "auto")]
     pub db_migrate: MigrateMode,
@@ -304,6 +313,9 @@ impl Config {
                 "must be 1..=300",
             ));
         }
+        if self.name_cache_ttl_seconds > 300 {
+            return Err(invalid("AETHER_CONTROL_NAME_CACHE_TTL_SECONDS", "must be 0..=300"));
+        }
         if self
             .http_listen
             .address()
@@ -395,6 +407,11 @@ impl Config {
     /// TTL of cached model-name misses.
     pub fn model_negative_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.model_negative_cache_ttl_seconds)
+    }
+
+    /// TTL of the upstream name rows kept for listings.
+    pub fn name_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.name_cache_ttl_seconds)
     }
 
     /// Interval of the index reconciler.

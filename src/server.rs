@@ -113,7 +113,7 @@ async fn open_stores(config: &Config, instance_id: &str) -> Result<Stores, Start
     )
     .await
     .map_err(|e| StartError::Database(e.to_string()))?;
-    let directory = Arc::new(SeaOrmDirectory::new(database.handle()));
+    let directory = Arc::new(SeaOrmDirectory::new(database.handle()).caching_names(config.name_cache_ttl()));
     let backends = match &config.redis_url {
         Some(url) => redis_backends(config, url, instance_id).await?,
         None => AffinityBackends {

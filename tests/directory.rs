@@ -5,15 +5,18 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aether_control::db::directory::SeaOrmDirectory;
-use aether_control::db::entities::{api_keys, system_configs, users};
+use aether_control::db::entities::{api_keys, providers, system_configs, users};
 use aether_control::domain::directory::{
-    ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
+    ApiKeySummary, ClientKey, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch,
+    UserSummary,
 };
 use common::pg::TestDatabase;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ActiveModelTrait, Database, DatabaseConnection, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use serde_json::json;
 use users::UserRole;
 
@@ -51,6 +54,48 @@ async fn directory_on_sqlite() {
     exercise_directory(&url).await;
 }
 
+/// With a name cache, a renamed provider keeps its old name in listings
+/// until the TTL passes; an unknown id is remembered as missing.
+#[tokio::test]
+async fn upstream_names_are_cached_for_their_ttl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = common::sqlite_url(&dir);
+    let db = Database::connect(&url).await.expect("connect");
+    Migrator::up(&db, None).await.expect("migrate");
+    insert_rows(&db).await;
+    let ttl = Duration::from_secs(1);
+    let directory = SeaOrmDirectory::new(db.clone()).caching_names(ttl);
+    let name = || async {
+        let ids = [PROVIDER_ID.to_owned(), "missing".to_owned()];
+        let names = directory
+            .upstream_names(&ids, &[], &[], &[])
+            .await
+            .expect("upstream_names");
+        assert_eq!(names.provider_display_names.len(), 1, "{names:?}");
+        names.provider_display_names[PROVIDER_ID].clone()
+    };
+    assert_eq!(name().await, "Anthropic");
+    providers::Entity::update_many()
+        .col_expr(providers::Column::DisplayName, Expr::value("Renamed"))
+        .filter(providers::Column::Id.eq(PROVIDER_ID))
+        .exec(&db)
+        .await
+        .expect("rename");
+    assert_eq!(name().await, "Anthropic", "still cached");
+    assert_eq!(
+        SeaOrmDirectory::new(db.clone())
+            .upstream_names(&[PROVIDER_ID.to_owned()], &[], &[], &[])
+            .await
+            .expect("uncached")
+            .provider_display_names[PROVIDER_ID],
+        "Renamed",
+        "without a cache the rename shows at once"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(name().await, "Renamed", "read again after the TTL");
+    db.close().await.expect("close");
+}
+
 /// The shared body.
 async fn exercise_directory(url: &str) {
     let db = Database::connect(url)
@@ -70,26 +115,48 @@ async fn exercise_directory(url: &str) {
     db.close().await.expect("close");
 }
 
-fn user(kind: MatchKind, user_id: &str) -> UserMatch {
-    UserMatch {
-        kind,
-        user_id: user_id.to_owned(),
-        api_key_id: None,
+/// User A or B as the directory summarises it.
+fn summary(user_id: &str) -> UserSummary {
+    let (username, email) = if user_id == USER_A {
+        (ALICE, ALICE_EMAIL)
+    } else {
+        (ALICE_EMAIL, BOB_EMAIL)
+    };
+    UserSummary {
+        id: user_id.to_owned(),
+        username: username.to_owned(),
+        email: email.to_owned(),
     }
 }
 
-fn via_key(key_id: &str, user_id: &str) -> UserMatch {
+fn user(kind: MatchKind, user_id: &str) -> UserMatch {
+    UserMatch {
+        kind,
+        user: summary(user_id),
+        api_key: None,
+    }
+}
+
+fn via_key(key: ApiKeySummary) -> UserMatch {
     UserMatch {
         kind: MatchKind::ApiKeyId,
-        user_id: user_id.to_owned(),
-        api_key_id: Some(key_id.to_owned()),
+        user: summary(&key.user_id),
+        api_key: Some(key),
+    }
+}
+
+/// A key with its owner, as [`Directory::client_keys`] reads it.
+fn owned(key: ApiKeySummary) -> ClientKey {
+    ClientKey {
+        owner: Some(summary(&key.user_id)),
+        key,
     }
 }
 
 async fn match_user_follows_aether_order(directory: &SeaOrmDirectory) {
     let cases: [(&str, Vec<UserMatch>); 9] = [
         // users.id of A and api_keys.id of B's key: both, id first.
-        (USER_A, vec![user(MatchKind::UserId, USER_A), via_key(KEY_B1, USER_B)]),
+        (USER_A, vec![user(MatchKind::UserId, USER_A), via_key(key_b1())]),
         (USER_B, vec![user(MatchKind::UserId, USER_B)]),
         (ALICE, vec![user(MatchKind::Username, USER_A)]),
         // B's username before A's email.
@@ -98,7 +165,7 @@ async fn match_user_follows_aether_order(directory: &SeaOrmDirectory) {
             vec![user(MatchKind::Username, USER_B), user(MatchKind::Email, USER_A)],
         ),
         (BOB_EMAIL, vec![user(MatchKind::Email, USER_B)]),
-        (KEY_A2, vec![via_key(KEY_A2, USER_A)]),
+        (KEY_A2, vec![via_key(key_a2())]),
         // Exact and case-sensitive.
         ("ALICE", vec![]),
         ("bob@example.org", vec![]),
@@ -122,6 +189,16 @@ fn key_a1() -> ApiKeySummary {
     }
 }
 
+fn key_b1() -> ApiKeySummary {
+    ApiKeySummary {
+        id: KEY_B1.to_owned(),
+        user_id: USER_B.to_owned(),
+        name: Some(KEY_B1_NAME.to_owned()),
+        key_encrypted: None,
+        is_standalone: false,
+    }
+}
+
 fn key_a2() -> ApiKeySummary {
     ApiKeySummary {
         id: KEY_A2.to_owned(),
@@ -133,10 +210,19 @@ fn key_a2() -> ApiKeySummary {
 }
 
 async fn api_keys_are_read(directory: &SeaOrmDirectory) {
-    assert_eq!(directory.api_key(KEY_A1).await.expect("api_key"), Some(key_a1()));
-    assert_eq!(directory.api_key(KEY_A2).await.expect("api_key"), Some(key_a2()));
-    assert_eq!(directory.api_key("missing").await.expect("api_key"), None);
-    assert_eq!(directory.api_key(&KEY_B1.to_uppercase()).await.expect("api_key"), None);
+    let client_key = |id: &str| {
+        let ids = vec![id.to_owned()];
+        async move {
+            let found = directory.client_keys(&ids).await.expect("client_keys");
+            assert!(found.len() <= 1, "{found:?}");
+            found.into_iter().next()
+        }
+    };
+    assert_eq!(client_key(KEY_A1).await, Some(owned(key_a1())));
+    assert_eq!(client_key(KEY_A2).await, Some(owned(key_a2())));
+    assert_eq!(client_key(KEY_B1).await, Some(owned(key_b1())));
+    assert_eq!(client_key("missing").await, None);
+    assert_eq!(client_key(&KEY_B1.to_uppercase()).await, None);
 
     let mut of_a = directory.api_keys_of_user(USER_A).await.expect("keys of A");
     of_a.sort_by(|x, y| x.id.cmp(&y.id));
@@ -167,38 +253,24 @@ fn many_ids(existing: &[&str]) -> Vec<String> {
 }
 
 async fn id_lists_are_chunked(directory: &SeaOrmDirectory) {
-    let mut keys: Vec<ApiKeySummary> = directory
-        .api_keys(&many_ids(&[KEY_A2, KEY_B2, KEY_A1]))
+    let mut keys: Vec<ClientKey> = directory
+        .client_keys(&many_ids(&[KEY_A2, KEY_B2, KEY_A1]))
         .await
-        .expect("api_keys");
-    keys.sort_by(|x, y| x.id.cmp(&y.id));
-    let ids: Vec<&str> = keys.iter().map(|key| key.id.as_str()).collect();
+        .expect("client_keys");
+    keys.sort_by(|x, y| x.key.id.cmp(&y.key.id));
+    let ids: Vec<&str> = keys.iter().map(|k| k.key.id.as_str()).collect();
     assert_eq!(ids, [KEY_A1, KEY_A2, KEY_B2]);
-    assert_eq!(keys[0], key_a1());
-    assert_eq!(directory.api_keys(&[]).await.expect("no ids"), []);
+    assert_eq!(keys[0], owned(key_a1()));
+    assert_eq!(keys[1], owned(key_a2()));
+    assert_eq!(keys[2].owner, Some(summary(USER_B)));
+    assert_eq!(directory.client_keys(&[]).await.expect("no ids"), []);
     assert_eq!(
-        directory.api_keys(&["missing".to_owned()]).await.expect("missing id"),
+        directory
+            .client_keys(&["missing".to_owned()])
+            .await
+            .expect("missing id"),
         []
     );
-
-    let mut found = directory.users(&many_ids(&[USER_B, USER_A])).await.expect("users");
-    found.sort_by(|x, y| x.id.cmp(&y.id));
-    assert_eq!(
-        found,
-        [
-            UserSummary {
-                id: USER_A.to_owned(),
-                username: ALICE.to_owned(),
-                email: ALICE_EMAIL.to_owned(),
-            },
-            UserSummary {
-                id: USER_B.to_owned(),
-                username: ALICE_EMAIL.to_owned(),
-                email: BOB_EMAIL.to_owned(),
-            },
-        ]
-    );
-    assert_eq!(directory.users(&[]).await.expect("no ids"), []);
 }
 
 async fn upstream_names_are_read(directory: &SeaOrmDirectory) {

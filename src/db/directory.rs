@@ -19,21 +19,26 @@
 //! best-effort (`É` does not find `é`). A substring match cannot use a b-tree
 //! index, so [`Directory::search`] reads the searched columns in full.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    TryGetableMany, Value,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, RelationTrait, Select, TryGetableMany, Value,
 };
 
 use crate::db::entities::{
     api_keys, global_models, provider_api_keys, provider_endpoints, providers, system_configs, users,
 };
+use crate::db::name_cache::NameCache;
 use crate::db::{DbHandle, db_error, unique_chunks};
 use crate::domain::affinity::TargetKind;
 use crate::domain::affinity::events::InvalidationReason;
 use crate::domain::directory::{
-    ApiKeySummary, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch, UserSummary,
+    ApiKeySummary, ClientKey, Directory, KeywordHits, MatchKind, ProviderKeySummary, UpstreamNames, UserMatch,
+    UserSummary,
 };
 use crate::error::StoreError;
 
@@ -43,17 +48,61 @@ const LIKE_ESCAPE: char = '\\';
 /// The selected columns of an `api_keys` row, in [`api_key_columns`] order.
 type ApiKeyRow = (String, String, Option<String>, Option<String>, bool);
 
+/// An [`ApiKeyRow`] followed by its owner's id, username and email (NULL when
+/// the owner row is missing), as [`client_keys_select`] reads them.
+type ClientKeyRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// [`Directory`] over a sea-orm connection (PostgreSQL or SQLite).
 #[derive(Clone)]
 pub struct SeaOrmDirectory {
     db: DbHandle,
+    name_caches: Option<Arc<UpstreamNameCaches>>,
+}
+
+/// The rows [`Directory::upstream_names`] reads, cached by id.
+struct UpstreamNameCaches {
+    providers: NameCache<String>,
+    endpoints: NameCache<(String, String)>,
+    provider_keys: NameCache<ProviderKeySummary>,
+    global_models: NameCache<(String, String)>,
 }
 
 impl SeaOrmDirectory {
-    /// Reads through `db`.
+    /// Reads through `db`, every time.
     pub fn new(db: impl Into<DbHandle>) -> Self {
-        Self { db: db.into() }
+        Self {
+            db: db.into(),
+            name_caches: None,
+        }
     }
+
+    /// Keeps the rows of [`Directory::upstream_names`] for `ttl` (see
+    /// [`crate::db::name_cache`]); a zero `ttl` reads every time.
+    pub fn caching_names(mut self, ttl: Duration) -> Self {
+        self.name_caches = (!ttl.is_zero()).then(|| {
+            Arc::new(UpstreamNameCaches {
+                providers: NameCache::new(ttl),
+                endpoints: NameCache::new(ttl),
+                provider_keys: NameCache::new(ttl),
+                global_models: NameCache::new(ttl),
+            })
+        });
+        self
+    }
+}
+
+/// The cached rows of `ids` and the ids to read (all of them without a cache).
+fn split_cached<V: Clone>(cache: Option<&NameCache<V>>, ids: &[String]) -> (Vec<(String, V)>, Vec<String>) {
+    cache.map_or_else(|| (Vec::new(), ids.to_vec()), |cache| cache.split(ids))
 }
 
 /// What a target table says of `ids`: (id, row active, owner active) of the
@@ -108,11 +157,25 @@ where
     E: EntityTrait,
     T: TryGetableMany + Send,
 {
+    selected_by_id(db, E::find().select_only().columns(columns), id, ids).await
+}
+
+/// The tuples `select` reads for the rows whose `id` is in `ids`, chunked
+/// and deduplicated as in [`rows_by_id`].
+async fn selected_by_id<E, T>(
+    db: &DatabaseConnection,
+    select: Select<E>,
+    id: impl ColumnTrait,
+    ids: &[String],
+) -> Result<Vec<T>, StoreError>
+where
+    E: EntityTrait,
+    T: TryGetableMany + Send,
+{
     let mut rows = Vec::new();
     for chunk in unique_chunks(ids) {
-        let found: Vec<T> = E::find()
-            .select_only()
-            .columns(columns)
+        let found: Vec<T> = select
+            .clone()
             .filter(id.is_in(chunk))
             .into_tuple()
             .all(db)
@@ -121,6 +184,27 @@ where
         rows.extend(found);
     }
     Ok(rows)
+}
+
+/// `api_keys` LEFT JOIN `users`: a key's columns and its owner's, in
+/// [`ClientKeyRow`] order, so a key and its owner take one round trip.
+fn client_keys_select() -> Select<api_keys::Entity> {
+    api_keys::Entity::find()
+        .select_only()
+        .columns(api_key_columns())
+        .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+        .join(JoinType::LeftJoin, api_keys::Relation::User.def())
+}
+
+fn client_key((id, user_id, name, key_encrypted, is_standalone, owner_id, username, email): ClientKeyRow) -> ClientKey {
+    let owner = match (owner_id, username, email) {
+        (Some(id), Some(username), Some(email)) => Some(UserSummary { id, username, email }),
+        _ => None,
+    };
+    ClientKey {
+        key: api_key_summary((id, user_id, name, key_encrypted, is_standalone)),
+        owner,
+    }
 }
 
 /// A `LIKE` pattern matching values that contain `keyword`, every character
@@ -152,8 +236,10 @@ fn matches_ci(column: impl ColumnTrait, pattern: &str) -> Expr {
 impl Directory for SeaOrmDirectory {
     async fn match_user(&self, identifier: &str) -> Result<Vec<UserMatch>, StoreError> {
         // Each of users.id / username / email is unique, so at most one row
-        // matches per column; one query finds them all.
-        let users: Vec<(String, String, String)> = users::Entity::find()
+        // matches per column; one query finds them all. The API key (with
+        // its owner) is a second query, run beside the first.
+        let db = self.db.get()?;
+        let users = users::Entity::find()
             .select_only()
             .columns([users::Column::Id, users::Column::Username, users::Column::Email])
             .filter(
@@ -162,58 +248,41 @@ impl Directory for SeaOrmDirectory {
                     .add(users::Column::Username.eq(identifier))
                     .add(users::Column::Email.eq(identifier)),
             )
-            .into_tuple()
-            .all(self.db.get()?)
-            .await
-            .map_err(db_error)?;
+            .into_tuple::<(String, String, String)>()
+            .all(db);
+        let key = client_keys_select()
+            .filter(api_keys::Column::Id.eq(identifier))
+            .into_tuple::<ClientKeyRow>()
+            .one(db);
+        let (users, key) = futures::future::try_join(users, key).await.map_err(db_error)?;
         let mut matches = Vec::new();
         for (id, username, email) in users {
+            let user = UserSummary { id, username, email };
             // The database compared with `=`; compare again to learn which
             // column matched (both are exact, byte-wise comparisons).
             for (kind, value) in [
-                (MatchKind::UserId, &id),
-                (MatchKind::Username, &username),
-                (MatchKind::Email, &email),
+                (MatchKind::UserId, &user.id),
+                (MatchKind::Username, &user.username),
+                (MatchKind::Email, &user.email),
             ] {
                 if value == identifier {
                     matches.push(UserMatch {
                         kind,
-                        user_id: id.clone(),
-                        api_key_id: None,
+                        user: user.clone(),
+                        api_key: None,
                     });
                 }
             }
         }
         matches.sort_by_key(|m| m.kind);
-
-        let key: Option<(String, String)> = api_keys::Entity::find()
-            .select_only()
-            .columns([api_keys::Column::Id, api_keys::Column::UserId])
-            .filter(api_keys::Column::Id.eq(identifier))
-            .into_tuple()
-            .one(self.db.get()?)
-            .await
-            .map_err(db_error)?;
-        if let Some((key_id, user_id)) = key {
+        if let Some(ClientKey { key, owner: Some(user) }) = key.map(client_key) {
             matches.push(UserMatch {
                 kind: MatchKind::ApiKeyId,
-                user_id,
-                api_key_id: Some(key_id),
+                user,
+                api_key: Some(key),
             });
         }
         Ok(matches)
-    }
-
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeySummary>, StoreError> {
-        let row: Option<ApiKeyRow> = api_keys::Entity::find()
-            .select_only()
-            .columns(api_key_columns())
-            .filter(api_keys::Column::Id.eq(id))
-            .into_tuple()
-            .one(self.db.get()?)
-            .await
-            .map_err(db_error)?;
-        Ok(row.map(api_key_summary))
     }
 
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
@@ -229,20 +298,10 @@ impl Directory for SeaOrmDirectory {
         Ok(rows.into_iter().map(api_key_summary).collect())
     }
 
-    async fn api_keys(&self, ids: &[String]) -> Result<Vec<ApiKeySummary>, StoreError> {
-        let rows: Vec<ApiKeyRow> =
-            rows_by_id::<api_keys::Entity, _, 5>(self.db.get()?, api_keys::Column::Id, api_key_columns(), ids).await?;
-        Ok(rows.into_iter().map(api_key_summary).collect())
-    }
-
-    async fn users(&self, ids: &[String]) -> Result<Vec<UserSummary>, StoreError> {
-        let columns = [users::Column::Id, users::Column::Username, users::Column::Email];
-        let rows: Vec<(String, String, String)> =
-            rows_by_id::<users::Entity, _, 3>(self.db.get()?, users::Column::Id, columns, ids).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, username, email)| UserSummary { id, username, email })
-            .collect())
+    async fn client_keys(&self, ids: &[String]) -> Result<Vec<ClientKey>, StoreError> {
+        let rows: Vec<ClientKeyRow> =
+            selected_by_id(self.db.get()?, client_keys_select(), api_keys::Column::Id, ids).await?;
+        Ok(rows.into_iter().map(client_key).collect())
     }
 
     async fn upstream_names(
@@ -254,20 +313,25 @@ impl Directory for SeaOrmDirectory {
     ) -> Result<UpstreamNames, StoreError> {
         use provider_api_keys::Column as KeyColumn;
         use provider_endpoints::Column as EndpointColumn;
-        // Four independent look-ups run side by side: the call waits for the
-        // slowest one, not for all four in a row.
+        let caches = self.name_caches.as_deref();
+        let (known_providers, provider_ids) = split_cached(caches.map(|c| &c.providers), provider_ids);
+        let (known_endpoints, endpoint_ids) = split_cached(caches.map(|c| &c.endpoints), endpoint_ids);
+        let (known_keys, provider_key_ids) = split_cached(caches.map(|c| &c.provider_keys), provider_key_ids);
+        let (known_models, global_model_ids) = split_cached(caches.map(|c| &c.global_models), global_model_ids);
+        // Four independent look-ups (of the ids not cached; none for an empty
+        // list) run side by side: the call waits for the slowest one.
         let (providers, endpoints, provider_keys, models) = futures::future::try_join4(
             rows_by_id::<providers::Entity, (String, String), 2>(
                 self.db.get()?,
                 providers::Column::Id,
                 [providers::Column::Id, providers::Column::DisplayName],
-                provider_ids,
+                &provider_ids,
             ),
             rows_by_id::<provider_endpoints::Entity, (String, String, String), 3>(
                 self.db.get()?,
                 EndpointColumn::Id,
                 [EndpointColumn::Id, EndpointColumn::ApiFormat, EndpointColumn::BaseUrl],
-                endpoint_ids,
+                &endpoint_ids,
             ),
             rows_by_id::<provider_api_keys::Entity, (String, String, String, f64), 4>(
                 self.db.get()?,
@@ -278,7 +342,7 @@ impl Directory for SeaOrmDirectory {
                     KeyColumn::ApiKey,
                     KeyColumn::RateMultiplier,
                 ],
-                provider_key_ids,
+                &provider_key_ids,
             ),
             rows_by_id::<global_models::Entity, (String, String, String), 3>(
                 self.db.get()?,
@@ -288,31 +352,40 @@ impl Directory for SeaOrmDirectory {
                     global_models::Column::Name,
                     global_models::Column::DisplayName,
                 ],
-                global_model_ids,
+                &global_model_ids,
             ),
         )
         .await?;
+        let endpoints: Vec<(String, (String, String))> = endpoints
+            .into_iter()
+            .map(|(id, api_format, base_url)| (id, (api_format, base_url)))
+            .collect();
+        let provider_keys: Vec<(String, ProviderKeySummary)> = provider_keys
+            .into_iter()
+            .map(|(id, name, api_key_encrypted, rate_multiplier)| {
+                let key = ProviderKeySummary {
+                    name,
+                    api_key_encrypted,
+                    rate_multiplier,
+                };
+                (id, key)
+            })
+            .collect();
+        let models: Vec<(String, (String, String))> = models
+            .into_iter()
+            .map(|(id, name, display_name)| (id, (name, display_name)))
+            .collect();
+        if let Some(caches) = caches {
+            caches.providers.store(&provider_ids, &providers);
+            caches.endpoints.store(&endpoint_ids, &endpoints);
+            caches.provider_keys.store(&provider_key_ids, &provider_keys);
+            caches.global_models.store(&global_model_ids, &models);
+        }
         Ok(UpstreamNames {
-            provider_display_names: providers.into_iter().collect(),
-            endpoints: endpoints
-                .into_iter()
-                .map(|(id, api_format, base_url)| (id, (api_format, base_url)))
-                .collect(),
-            provider_keys: provider_keys
-                .into_iter()
-                .map(|(id, name, api_key_encrypted, rate_multiplier)| {
-                    let key = ProviderKeySummary {
-                        name,
-                        api_key_encrypted,
-                        rate_multiplier,
-                    };
-                    (id, key)
-                })
-                .collect(),
-            global_models: models
-                .into_iter()
-                .map(|(id, name, display_name)| (id, (name, display_name)))
-                .collect(),
+            provider_display_names: known_providers.into_iter().chain(providers).collect(),
+            endpoints: known_endpoints.into_iter().chain(endpoints).collect(),
+            provider_keys: known_keys.into_iter().chain(provider_keys).collect(),
+            global_models: known_models.into_iter().chain(models).collect(),
         })
     }
 

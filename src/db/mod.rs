@@ -6,6 +6,7 @@ pub mod auth;
 pub mod directory;
 pub mod entities;
 pub mod models;
+pub mod name_cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -28,10 +28,11 @@ pub enum MatchKind {
 pub struct UserMatch {
     /// Which column matched.
     pub kind: MatchKind,
-    /// The user it points at.
-    pub user_id: String,
+    /// The user it points at (read by the same query, so resolving needs no
+    /// second round trip).
+    pub user: UserSummary,
     /// The API key, for [`MatchKind::ApiKeyId`].
-    pub api_key_id: Option<String>,
+    pub api_key: Option<ApiKeySummary>,
 }
 
 /// A user row's identity fields.
@@ -58,6 +59,15 @@ pub struct ApiKeySummary {
     pub key_encrypted: Option<String>,
     /// `api_keys.is_standalone`.
     pub is_standalone: bool,
+}
+
+/// A client API key with its owner, read together (one joined query).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The `api_keys` row.
+    pub key: ApiKeySummary,
+    /// Its `users` row; `None` when the owner row is missing.
+    pub owner: Option<UserSummary>,
 }
 
 /// Names of the upstream side of an affinity.
@@ -102,21 +112,16 @@ pub struct KeywordHits {
 #[async_trait]
 pub trait Directory: Send + Sync + 'static {
     /// Every way `identifier` (already trimmed) matches, in Aether's order:
-    /// users.id, users.username, users.email, api_keys.id. Exact,
-    /// case-sensitive, no active/deleted filter. Empty when nothing matches.
+    /// users.id, users.username, users.email, api_keys.id (of a key whose
+    /// owner row exists). Exact, case-sensitive, no active/deleted filter.
+    /// Empty when nothing matches.
     async fn match_user(&self, identifier: &str) -> Result<Vec<UserMatch>, StoreError>;
-
-    /// The API key with this id.
-    async fn api_key(&self, id: &str) -> Result<Option<ApiKeySummary>, StoreError>;
 
     /// Every API key of a user.
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError>;
 
-    /// API keys by id (missing ids are left out).
-    async fn api_keys(&self, ids: &[String]) -> Result<Vec<ApiKeySummary>, StoreError>;
-
-    /// Users by id (missing ids are left out).
-    async fn users(&self, ids: &[String]) -> Result<Vec<UserSummary>, StoreError>;
+    /// API keys by id with their owners (missing ids are left out).
+    async fn client_keys(&self, ids: &[String]) -> Result<Vec<ClientKey>, StoreError>;
 
     /// Names of providers, endpoints, provider keys and global models by id.
     async fn upstream_names(

@@ -274,12 +274,12 @@ impl UserEngine {
         let identifier = validate::identifier("identifier", identifier)?;
         let mut matches = self.directory.match_user(identifier).await?.into_iter();
         let first = matches.next().ok_or_else(|| Error::not_found("user", identifier))?;
-        let shadowed = matches.filter(|m| m.user_id != first.user_id).collect();
-        let user = self.load(&UserKey::Id(first.user_id.clone()), identifier).await?;
+        let shadowed = matches.filter(|m| m.user.id != first.user.id).collect();
+        let user = self.load(&UserKey::Id(first.user.id.clone()), identifier).await?;
         Ok(UserResolution {
             user,
             matched_by: first.kind,
-            api_key_id: first.api_key_id,
+            api_key_id: first.api_key.map(|k| k.id),
             shadowed,
         })
     }

@@ -91,7 +91,7 @@ fn user(value: users::User) -> User {
 fn shadowed(value: UserMatch) -> ShadowedUserMatch {
     ShadowedUserMatch {
         matched_by: UserMatchKind::from(value.kind).into(),
-        user_id: value.user_id,
+        user_id: value.user.id,
     }
 }
 

@@ -36,6 +36,9 @@ use crate::store::{
 /// never match it.
 pub const OWN_PREFIX: &str = "aether_control:";
 
+/// MGET batches one read keeps in flight.
+const MGETS_IN_FLIGHT: usize = 8;
+
 /// Keys one UNLINK frees at most.
 const DELETE_BATCH: usize = 100;
 
@@ -244,18 +247,27 @@ impl RedisConnection {
             .collect()
     }
 
-    /// Values of `keys`, in order, in batches.
+    /// Values of `keys`, in batches (one per cluster slot), a few in flight
+    /// at a time: a page spread over many slots is not a chain of round trips.
     async fn mget(&self, keys: &[String]) -> Result<HashMap<String, String>, StoreError> {
-        let mut values = HashMap::with_capacity(keys.len());
-        for batch in self.batches(keys.to_vec(), BATCH) {
-            let got: Vec<Option<String>> = if batch.len() == 1 {
-                vec![self.client()?.get(&batch[0]).await.map_err(|e| store_error(&e))?]
-            } else {
-                self.client()?.mget(batch.clone()).await.map_err(|e| store_error(&e))?
-            };
-            values.extend(batch.into_iter().zip(got).filter_map(|(k, v)| Some((k, v?))));
-        }
-        Ok(values)
+        let client = self.client()?;
+        let replies: Vec<(Vec<String>, Vec<Option<String>>)> =
+            futures::stream::iter(self.batches(keys.to_vec(), BATCH).into_iter().map(|batch| async move {
+                let got: Vec<Option<String>> = if batch.len() == 1 {
+                    vec![client.get(&batch[0]).await.map_err(|e| store_error(&e))?]
+                } else {
+                    client.mget(batch.clone()).await.map_err(|e| store_error(&e))?
+                };
+                Ok::<_, StoreError>((batch, got))
+            }))
+            .buffered(MGETS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(replies
+            .into_iter()
+            .flat_map(|(batch, got)| batch.into_iter().zip(got))
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
     }
 
     /// Runs `command` on batches of `keys` (UNLINK, EXISTS) and sums the replies.
@@ -280,8 +292,9 @@ impl RedisConnection {
     }
 
     /// Every key starting with `prefix`, one SCAN page (about [`BATCH`]
-    /// keys) at a time, on every cluster node; never KEYS. The next page is
-    /// requested only when this one is taken.
+    /// keys) at a time, on every cluster node; never KEYS. One page is read
+    /// ahead while the caller works on the last, so a pass is not a chain of
+    /// SCAN, work, SCAN round trips; no more than that is buffered.
     fn scan_pages(&self, prefix: &str) -> Result<BoxStream<'static, Result<Vec<String>, StoreError>>, StoreError> {
         let pattern = self.prefix_pattern(prefix);
         let client = self.client()?.clone();
@@ -290,7 +303,7 @@ impl RedisConnection {
         } else {
             client.scan(pattern, Some(BATCH as u32), None).boxed()
         };
-        Ok(pages
+        let pages = pages
             .map(|page| {
                 let mut page = page.map_err(|e| store_error(&e))?;
                 let keys = page
@@ -302,7 +315,18 @@ impl RedisConnection {
                 page.next();
                 Ok(keys)
             })
-            .boxed())
+            .boxed();
+        let (ahead, taken) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut pages = pages;
+            while let Some(page) = pages.next().await {
+                // The caller stopped listening (finished early or dropped).
+                if ahead.send(page).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(taken).boxed())
     }
 }
 
@@ -816,50 +840,62 @@ impl AffinityStore for RedisAffinityStore {
                 result.push((*affinity).clone());
             }
         }
-        // Members whose entry is gone or moved: drop them now (no ranks
-        // depend on these indexes), and expired ones by score.
-        let prune = futures::future::try_join_all(
-            stale
-                .iter()
-                .map(|(index, member)| client.zrem::<i64, _, _>(index, member.as_str())),
-        );
-        let expired = futures::future::try_join_all(
-            index_keys
-                .iter()
-                .map(|index| client.zremrangebyscore::<i64, _, _, _>(index, f64::NEG_INFINITY, now - 1.0)),
-        );
-        if let Err(error) = futures::future::try_join(prune, expired).await {
-            tracing::debug!(%error, "index pruning skipped");
-        }
+        // Members whose entry is gone or moved: drop them (no ranks depend on
+        // these indexes), and expired ones by score. The caller does not wait
+        // for it: the answer above is already checked against the entries.
+        let client = client.clone();
+        tokio::spawn(async move {
+            let prune = futures::future::try_join_all(
+                stale
+                    .iter()
+                    .map(|(index, member)| client.zrem::<i64, _, _>(index, member.as_str())),
+            );
+            let expired = futures::future::try_join_all(
+                index_keys
+                    .iter()
+                    .map(|index| client.zremrangebyscore::<i64, _, _, _>(index, f64::NEG_INFINITY, now - 1.0)),
+            );
+            if let Err(error) = futures::future::try_join(prune, expired).await {
+                tracing::debug!(%error, "index pruning skipped");
+            }
+        });
         Ok(result)
     }
 
     async fn page(&self, offset: u64, limit: u64, now: f64) -> Result<Page, StoreError> {
         let client = self.redis.client()?;
         let all = self.all_index();
-        let total: u64 = client
-            .zcount::<i64, _>(&all, now, f64::INFINITY)
-            .await
-            .map_err(|e| store_error(&e))?
-            .max(0) as u64;
+        let all = all.as_str();
+        let ranks = |from: u64, want: u64| async move {
+            client
+                .zrevrange::<Vec<String>, _>(all, from as i64, (from + want - 1) as i64, false)
+                .await
+                .map_err(|e| store_error(&e))
+        };
+        // The count and the first ranks are read together: one round trip.
+        let count = async {
+            client
+                .zcount::<i64, _>(all, now, f64::INFINITY)
+                .await
+                .map_err(|e| store_error(&e))
+        };
+        let (total, mut members) = futures::future::try_join(count, ranks(offset, limit.min(BATCH as u64))).await?;
+        let total = total.max(0) as u64;
         let mut affinities = Vec::new();
         let mut rank = offset;
         // Members whose entry vanished (deleted by Aether) are skipped, so a
-        // page may read a few more ranks than it returns.
-        while (affinities.len() as u64) < limit && rank < total {
-            let want = (limit - affinities.len() as u64).min(BATCH as u64);
-            let members: Vec<String> = client
-                .zrevrange(&all, rank as i64, (rank + want - 1) as i64, false)
-                .await
-                .map_err(|e| store_error(&e))?;
-            if members.is_empty() {
-                break;
-            }
+        // page may read a few more ranks than it returns. Expired members
+        // rank last (lowest expiry) and are dropped when read.
+        while !members.is_empty() && rank < total {
             rank += members.len() as u64;
             let keys: Vec<AffinityKey> = members.iter().filter_map(|m| AffinityKey::from_member(m)).collect();
             let mut found = self.read_entries(&keys, now).await?;
             found.sort_by(|a, b| b.record.expire_at.total_cmp(&a.record.expire_at));
             affinities.extend(found);
+            if affinities.len() as u64 >= limit || rank >= total {
+                break;
+            }
+            members = ranks(rank, (limit - affinities.len() as u64).min(BATCH as u64)).await?;
         }
         Ok(Page {
             affinities,

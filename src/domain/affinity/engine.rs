@@ -17,7 +17,7 @@ use super::{
 };
 use crate::config::MAX_AFFINITY_TTL;
 use crate::domain::crypto::KeyCipher;
-use crate::domain::directory::{Directory, MatchKind};
+use crate::domain::directory::{ClientKey, Directory, MatchKind, UserSummary};
 use crate::domain::validate;
 use crate::error::{Error, Result, StoreError};
 use crate::store::{AffinityStore, CounterStore, EventBus, UsageStore};
@@ -147,6 +147,11 @@ pub struct AffinityEngine {
     settings: AffinitySettings,
     pending: Arc<CounterBuffer>,
     publisher: EventPublisher,
+}
+
+/// The per-key index of each client key.
+fn key_indexes(keys: &[ClientKey]) -> Vec<IndexRef> {
+    keys.iter().map(|k| IndexRef::AffinityKey(k.key.id.clone())).collect()
 }
 
 fn newest_first(affinities: &mut [Affinity]) {
@@ -496,20 +501,37 @@ impl AffinityEngine {
         self.stores.events.subscribe()
     }
 
-    /// Names, masked keys and each binding's upstream usage.
+    /// Names, masked keys and each binding's upstream usage, read side by
+    /// side. The client keys in `known` (with owners) are not read again.
     async fn enrich(
         &self,
         affinities: Vec<Affinity>,
+        known: Vec<ClientKey>,
     ) -> Result<(Vec<AffinityDetail>, HashMap<AffinityKey, BindingUsage>)> {
-        let usage = self.stores.usage.bindings(&affinities).await?;
-        let details = listing::enrich(self.stores.directory.as_ref(), &self.stores.cipher, affinities).await?;
-        Ok((details, usage))
+        let (rows, usage) = futures::future::try_join(
+            listing::EnrichmentRows::look_up(self.stores.directory.as_ref(), &affinities, known),
+            self.stores.usage.bindings(&affinities),
+        )
+        .await?;
+        Ok((rows.attach(&self.stores.cipher, affinities), usage))
     }
 
-    /// The API key ids of a user.
-    async fn key_indexes_of(&self, user_id: &str) -> Result<Vec<IndexRef>> {
-        let keys = self.stores.directory.api_keys_of_user(user_id).await?;
-        Ok(keys.into_iter().map(|k| IndexRef::AffinityKey(k.id)).collect())
+    /// Every API key of `user`, with the user as owner.
+    async fn client_keys_of(&self, user: &UserSummary) -> Result<Vec<ClientKey>> {
+        let keys = self.stores.directory.api_keys_of_user(&user.id).await?;
+        Ok(keys
+            .into_iter()
+            .map(|key| ClientKey {
+                key,
+                owner: Some(user.clone()),
+            })
+            .collect())
+    }
+
+    /// The API key whose id is exactly `id`, with its owner.
+    async fn client_key(&self, id: &str) -> Result<Option<ClientKey>> {
+        let found = self.stores.directory.client_keys(&[id.to_owned()]).await?;
+        Ok(found.into_iter().next())
     }
 
     /// ListUserAffinities: resolve any identifier, then read that user's
@@ -517,15 +539,19 @@ impl AffinityEngine {
     pub async fn list_user(&self, identifier: &str) -> Result<UserAffinities> {
         let identifier = validate::identifier("user_identifier", identifier)?;
         let user = listing::resolve_user(self.stores.directory.as_ref(), identifier).await?;
-        let indexes = self.key_indexes_of(&user.user.id).await?;
-        let mut affinities = self.stores.affinities.list_indexed(&indexes, now_epoch()).await?;
+        let keys = self.client_keys_of(&user.user).await?;
+        let mut affinities = self
+            .stores
+            .affinities
+            .list_indexed(&key_indexes(&keys), now_epoch())
+            .await?;
         newest_first(&mut affinities);
         let total_endpoints = affinities
             .iter()
             .map(|a| a.record.endpoint_id.as_str())
             .collect::<std::collections::HashSet<_>>()
             .len();
-        let (details, usage) = self.enrich(affinities).await?;
+        let (details, usage) = self.enrich(affinities, keys).await?;
         Ok(UserAffinities {
             user,
             details,
@@ -553,7 +579,7 @@ impl AffinityEngine {
         let now = now_epoch();
         if keyword.is_empty() {
             let page = self.stores.affinities.page(offset, limit, now).await?;
-            let (details, usage) = self.enrich(page.affinities).await?;
+            let (details, usage) = self.enrich(page.affinities, Vec::new()).await?;
             return Ok(AffinityListing {
                 details,
                 next_page_token: page.next_offset.map(|next| PageToken::new(next, keyword).encode()),
@@ -564,15 +590,17 @@ impl AffinityEngine {
         }
 
         let mut listing = AffinityListing::default();
-        let (indexes, substring) = if let Some(key) = self.stores.directory.api_key(keyword).await? {
-            listing.matched_api_key_id = Some(key.id.clone());
-            listing.matched_user_id = Some(key.user_id.clone());
-            (vec![IndexRef::AffinityKey(key.id)], false)
-        } else if let Some(first) = self.stores.directory.match_user(keyword).await?.into_iter().next() {
-            listing.matched_user_id = Some(first.user_id.clone());
-            (self.key_indexes_of(&first.user_id).await?, false)
+        let directory = self.stores.directory.as_ref();
+        let (indexes, known, substring) = if let Some(key) = self.client_key(keyword).await? {
+            listing.matched_api_key_id = Some(key.key.id.clone());
+            listing.matched_user_id = Some(key.key.user_id.clone());
+            (vec![IndexRef::AffinityKey(key.key.id.clone())], vec![key], false)
+        } else if let Some(first) = directory.match_user(keyword).await?.into_iter().next() {
+            listing.matched_user_id = Some(first.user.id.clone());
+            let keys = self.client_keys_of(&first.user).await?;
+            (key_indexes(&keys), keys, false)
         } else {
-            let hits = self.stores.directory.search(keyword, KEYWORD_HIT_LIMIT).await?;
+            let hits = directory.search(keyword, KEYWORD_HIT_LIMIT).await?;
             let indexes = hits
                 .affinity_keys
                 .into_iter()
@@ -580,11 +608,11 @@ impl AffinityEngine {
                 .chain(hits.provider_ids.into_iter().map(IndexRef::Provider))
                 .chain(hits.provider_key_ids.into_iter().map(IndexRef::ProviderKey))
                 .collect();
-            (indexes, true)
+            (indexes, Vec::new(), true)
         };
         let mut affinities = self.stores.affinities.list_indexed(&indexes, now).await?;
         newest_first(&mut affinities);
-        let (mut details, usage) = self.enrich(affinities).await?;
+        let (mut details, usage) = self.enrich(affinities, known).await?;
         if substring {
             let lower = keyword.to_lowercase();
             details.retain(|d| d.matches_keyword(&lower));
@@ -607,14 +635,9 @@ impl AffinityEngine {
     pub async fn clear_user(&self, identifier: &str, dry_run: bool) -> Result<(u64, ResolvedUser)> {
         validate::identifier("user_identifier", identifier)?;
         let directory = self.stores.directory.as_ref();
-        let (resolved, indexes) = match directory.api_key(identifier).await? {
-            Some(key) => {
-                let user = directory
-                    .users(std::slice::from_ref(&key.user_id))
-                    .await?
-                    .into_iter()
-                    .next();
-                let user = user.ok_or_else(|| Error::not_found("user", key.user_id.clone()))?;
+        let (resolved, indexes) = match self.client_key(identifier).await? {
+            Some(ClientKey { key, owner }) => {
+                let user = owner.ok_or_else(|| Error::not_found("user", key.user_id.clone()))?;
                 let indexes = vec![IndexRef::AffinityKey(key.id.clone())];
                 (
                     ResolvedUser {
@@ -627,7 +650,7 @@ impl AffinityEngine {
             }
             None => {
                 let resolved = listing::resolve_user(directory, identifier.trim()).await?;
-                let indexes = self.key_indexes_of(&resolved.user.id).await?;
+                let indexes = key_indexes(&self.client_keys_of(&resolved.user).await?);
                 // An identifier resolved through an API key still clears the
                 // whole user (only a raw key id narrows the clear).
                 (

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::Affinity;
 use crate::domain::crypto::KeyCipher;
-use crate::domain::directory::{ApiKeySummary, Directory, MatchKind, UserSummary};
+use crate::domain::directory::{ApiKeySummary, ClientKey, Directory, MatchKind, UpstreamNames, UserSummary};
 use crate::error::{Error, Result, StoreError};
 
 /// Default and largest page sizes (Aether's `limit`).
@@ -75,75 +75,93 @@ fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
     values.collect::<HashSet<_>>().into_iter().map(str::to_owned).collect()
 }
 
-/// Adds names and masked keys to affinities: a handful of batched look-ups,
-/// whatever the number of entries. The client-key look-ups (keys, then their
-/// owners) run beside the upstream ones, and each distinct stored key is
-/// decrypted and masked once, however many entries share it.
-pub async fn enrich(
-    directory: &dyn Directory,
-    cipher: &KeyCipher,
-    affinities: Vec<Affinity>,
-) -> Result<Vec<AffinityDetail>> {
-    let api_key_ids = distinct(affinities.iter().map(|a| a.key.affinity_key.as_str()));
-    let provider_ids = distinct(affinities.iter().map(|a| a.record.provider_id.as_str()));
-    let endpoint_ids = distinct(affinities.iter().map(|a| a.record.endpoint_id.as_str()));
-    let provider_key_ids = distinct(affinities.iter().map(|a| a.record.key_id.as_str()));
-    let model_ids = distinct(affinities.iter().map(|a| a.record.model_name.as_str()));
-    let client_keys = async {
-        let api_keys = directory.api_keys(&api_key_ids).await?;
-        let user_ids = distinct(api_keys.iter().map(|k| k.user_id.as_str()));
-        let users = directory.users(&user_ids).await?;
-        Ok::<_, StoreError>((api_keys, users))
-    };
-    let upstream = directory.upstream_names(&provider_ids, &endpoint_ids, &provider_key_ids, &model_ids);
-    let ((api_keys, users), names) = futures::future::try_join(client_keys, upstream).await?;
+/// The directory rows that name a set of affinities, read by
+/// [`EnrichmentRows::look_up`] and attached by [`EnrichmentRows::attach`].
+pub struct EnrichmentRows {
+    client_keys: HashMap<String, ClientKey>,
+    names: UpstreamNames,
+}
 
-    let mask = |stored: &str| cipher.decrypt_and_mask(stored).display();
-    let api_keys: HashMap<&str, (&ApiKeySummary, String)> = api_keys
-        .iter()
-        .map(|k| {
-            (
-                k.id.as_str(),
-                (k, k.key_encrypted.as_deref().map(mask).unwrap_or_default()),
-            )
-        })
-        .collect();
-    let users: HashMap<&str, &UserSummary> = users.iter().map(|u| (u.id.as_str(), u)).collect();
-    let provider_key_masks: HashMap<&str, String> = names
-        .provider_keys
-        .iter()
-        .map(|(id, k)| (id.as_str(), mask(&k.api_key_encrypted)))
-        .collect();
-    Ok(affinities
-        .into_iter()
-        .map(|affinity| {
-            let api_key = api_keys.get(affinity.key.affinity_key.as_str());
-            let user = api_key.and_then(|(k, _)| users.get(k.user_id.as_str()));
-            let endpoint = names.endpoints.get(&affinity.record.endpoint_id);
-            let provider_key = names.provider_keys.get(&affinity.record.key_id);
-            let model = names.global_models.get(&affinity.record.model_name);
-            AffinityDetail {
-                user_api_key_name: api_key.and_then(|(k, _)| k.name.clone()),
-                user_api_key_prefix: api_key.map(|(_, masked)| masked.clone()).unwrap_or_default(),
-                is_standalone: api_key.is_some_and(|(k, _)| k.is_standalone),
-                user_id: api_key.map(|(k, _)| k.user_id.clone()),
-                username: user.map(|u| u.username.clone()),
-                email: user.map(|u| u.email.clone()),
-                provider_name: names.provider_display_names.get(&affinity.record.provider_id).cloned(),
-                endpoint_api_format: endpoint.map(|(format, _)| format.clone()),
-                endpoint_url: endpoint.map(|(_, url)| url.clone()),
-                key_name: provider_key.map(|k| k.name.clone()),
-                key_prefix: provider_key_masks
-                    .get(affinity.record.key_id.as_str())
-                    .cloned()
-                    .unwrap_or_default(),
-                rate_multiplier: provider_key.map_or(1.0, |k| k.rate_multiplier),
-                global_model_name: model.map_or_else(|| affinity.record.model_name.clone(), |(name, _)| name.clone()),
-                model_display_name: model.map(|(_, display)| display.clone()),
-                affinity,
-            }
-        })
-        .collect())
+impl EnrichmentRows {
+    /// Reads what `affinities` need: their client keys with owners (one
+    /// joined look-up, skipping the keys in `known`) beside the four
+    /// upstream name look-ups. A handful of batched queries in one step,
+    /// whatever the number of entries.
+    pub async fn look_up(
+        directory: &dyn Directory,
+        affinities: &[Affinity],
+        known: Vec<ClientKey>,
+    ) -> std::result::Result<Self, StoreError> {
+        let mut client_keys: HashMap<String, ClientKey> = known.into_iter().map(|k| (k.key.id.clone(), k)).collect();
+        let missing = distinct(
+            affinities
+                .iter()
+                .map(|a| a.key.affinity_key.as_str())
+                .filter(|id| !client_keys.contains_key(*id)),
+        );
+        let provider_ids = distinct(affinities.iter().map(|a| a.record.provider_id.as_str()));
+        let endpoint_ids = distinct(affinities.iter().map(|a| a.record.endpoint_id.as_str()));
+        let provider_key_ids = distinct(affinities.iter().map(|a| a.record.key_id.as_str()));
+        let model_ids = distinct(affinities.iter().map(|a| a.record.model_name.as_str()));
+        let (looked_up, names) = futures::future::try_join(
+            directory.client_keys(&missing),
+            directory.upstream_names(&provider_ids, &endpoint_ids, &provider_key_ids, &model_ids),
+        )
+        .await?;
+        client_keys.extend(looked_up.into_iter().map(|k| (k.key.id.clone(), k)));
+        Ok(Self { client_keys, names })
+    }
+
+    /// Adds names and masked keys to `affinities`. Each distinct stored key
+    /// is decrypted and masked once, however many entries share it.
+    pub fn attach(self, cipher: &KeyCipher, affinities: Vec<Affinity>) -> Vec<AffinityDetail> {
+        let Self { client_keys, names } = self;
+        let mask = |stored: &str| cipher.decrypt_and_mask(stored).display();
+        let client_keys: HashMap<&str, (&ClientKey, String)> = client_keys
+            .iter()
+            .map(|(id, k)| {
+                let masked = k.key.key_encrypted.as_deref().map(mask).unwrap_or_default();
+                (id.as_str(), (k, masked))
+            })
+            .collect();
+        let provider_key_masks: HashMap<&str, String> = names
+            .provider_keys
+            .iter()
+            .map(|(id, k)| (id.as_str(), mask(&k.api_key_encrypted)))
+            .collect();
+        affinities
+            .into_iter()
+            .map(|affinity| {
+                let client_key = client_keys.get(affinity.key.affinity_key.as_str());
+                let api_key = client_key.map(|(k, _)| &k.key);
+                let user = client_key.and_then(|(k, _)| k.owner.as_ref());
+                let endpoint = names.endpoints.get(&affinity.record.endpoint_id);
+                let provider_key = names.provider_keys.get(&affinity.record.key_id);
+                let model = names.global_models.get(&affinity.record.model_name);
+                AffinityDetail {
+                    user_api_key_name: api_key.and_then(|k| k.name.clone()),
+                    user_api_key_prefix: client_key.map(|(_, masked)| masked.clone()).unwrap_or_default(),
+                    is_standalone: api_key.is_some_and(|k| k.is_standalone),
+                    user_id: api_key.map(|k| k.user_id.clone()),
+                    username: user.map(|u| u.username.clone()),
+                    email: user.map(|u| u.email.clone()),
+                    provider_name: names.provider_display_names.get(&affinity.record.provider_id).cloned(),
+                    endpoint_api_format: endpoint.map(|(format, _)| format.clone()),
+                    endpoint_url: endpoint.map(|(_, url)| url.clone()),
+                    key_name: provider_key.map(|k| k.name.clone()),
+                    key_prefix: provider_key_masks
+                        .get(affinity.record.key_id.as_str())
+                        .cloned()
+                        .unwrap_or_default(),
+                    rate_multiplier: provider_key.map_or(1.0, |k| k.rate_multiplier),
+                    global_model_name: model
+                        .map_or_else(|| affinity.record.model_name.clone(), |(name, _)| name.clone()),
+                    model_display_name: model.map(|(_, display)| display.clone()),
+                    affinity,
+                }
+            })
+            .collect()
+    }
 }
 
 /// The user an identifier resolved to, and how.
@@ -160,25 +178,16 @@ pub struct ResolvedUser {
 /// Resolves an identifier in Aether's order (id, username, email, API key
 /// id). NOT_FOUND when nothing matches.
 pub async fn resolve_user(directory: &dyn Directory, identifier: &str) -> Result<ResolvedUser> {
-    let matches = directory.match_user(identifier).await?;
-    let first = matches
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::not_found("user", identifier))?;
-    let user = directory
-        .users(std::slice::from_ref(&first.user_id))
+    let first = directory
+        .match_user(identifier)
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| Error::not_found("user", identifier))?;
-    let api_key = match &first.api_key_id {
-        Some(id) => directory.api_key(id).await?,
-        None => None,
-    };
     Ok(ResolvedUser {
-        user,
+        user: first.user,
         matched_by: first.kind,
-        api_key,
+        api_key: first.api_key,
     })
 }
 
