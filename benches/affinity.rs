@@ -34,10 +34,10 @@ use aether_control::domain::affinity::usage::{UpstreamOutcome, UsageReport};
 use aether_control::domain::affinity::{IndexRef, SetOutcome, now_epoch};
 use aether_control::domain::crypto::KeyCipher;
 use aether_control::domain::directory::Directory;
-use aether_control::store::AffinityStore;
 use aether_control::store::redis::{
     RedisAffinityStore, RedisConnection, RedisCounterStore, RedisEventBus, RedisUsageStore,
 };
+use aether_control::store::{AffinityStore, UsageStore};
 use fred::cmd;
 use fred::prelude::*;
 use fred::types::scan::Scanner;
@@ -397,8 +397,9 @@ const CLEAR_USER_DRY: &str = "ClearUserAffinities dry_run";
 const CLEAR_USER: &str = "ClearUserAffinities (real, 40 entries)";
 const DIR_KEYS_OF_USER: &str = "  part: directory api_keys_of_user (SQLite)";
 const STORE_USER_INDEXES: &str = "  part: store list_indexed, 2 key indexes (Redis)";
-const RESOLVE_USER: &str = "  part: resolve_user (SQLite, 2 queries side by side)";
+const RESOLVE_USER: &str = "  part: resolve_user with the user's keys (SQLite, 3 queries side by side)";
 const ENRICH_USER: &str = "  part: enrich 40 entries, keys known (SQLite, 4 queries side by side + decrypt/mask)";
+const USAGE_USER: &str = "  part: usage of 40 bindings (Redis, one HGETALL each, pipelined)";
 const LIST_USER_INDEXED: &str = "ListUserAffinities, api_keys.user_id surely indexed";
 const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, api_keys.user_id surely indexed";
 const CLEAR_PROVIDER_DRY: &str = "ClearProviderAffinities dry_run (N/10 entries)";
@@ -421,6 +422,7 @@ const FLAT_CALLS: &[&str] = &[
     STORE_USER_INDEXES,
     RESOLVE_USER,
     ENRICH_USER,
+    USAGE_USER,
     LIST_USER_INDEXED,
     DIR_KEYS_OF_USER_INDEXED,
 ];
@@ -492,6 +494,7 @@ async fn measure_size(
         format!("redis at {url} not reachable")
     })?;
     let instance_id = format!("bench-{}", std::process::id());
+    let usage = Arc::new(RedisUsageStore::new(redis.clone()));
     let store = Arc::new(RedisAffinityStore::new(redis.clone(), &instance_id, RECONCILE_INTERVAL));
     let engine = AffinityEngine::new(
         AffinityStores {
@@ -500,7 +503,7 @@ async fn measure_size(
             events: Arc::new(RedisEventBus::start(redis.clone())?),
             directory: directory.clone(),
             cipher: cipher.clone(),
-            usage: Arc::new(RedisUsageStore::new(redis.clone())),
+            usage: usage.clone(),
         },
         AffinitySettings {
             default_ttl: DEFAULT_TTL,
@@ -781,9 +784,10 @@ async fn measure_size(
             let started = Instant::now();
             let resolved = listing::resolve_user(directory.as_ref(), &world.users[u].1).await?;
             let elapsed = started.elapsed();
-            ensure(resolved.user.id == world.users[u].0, || {
-                format!("user {u} resolved to another")
-            })?;
+            ensure(
+                resolved.resolved.user.id == world.users[u].0 && resolved.keys.len() == KEYS_PER_USER,
+                || format!("user {u} resolved to another, or without its keys"),
+            )?;
             Ok(elapsed)
         }
     })
@@ -820,6 +824,29 @@ async fn measure_size(
     })
     .await?;
     calls.push((ENRICH_USER, stat));
+
+    let usage = &usage;
+    let stat = measure(USAGE_USER, 30, 300, Duration::from_secs(20), || {
+        let u = rng.below(user_count);
+        async move {
+            let indexes: Vec<IndexRef> = world.api_keys[u * KEYS_PER_USER..]
+                .iter()
+                .take(KEYS_PER_USER)
+                .map(|k| IndexRef::AffinityKey(k.clone()))
+                .collect();
+            let affinities = store.list_indexed(&indexes, now_epoch()).await?;
+            let started = Instant::now();
+            let found = usage.bindings(&affinities).await?;
+            let elapsed = started.elapsed();
+            // Only entries the RecordUpstreamUsage row reported on have usage.
+            ensure(found.len() <= affinities.len() && !affinities.is_empty(), || {
+                format!("user {u}: {} bindings with usage", found.len())
+            })?;
+            Ok(elapsed)
+        }
+    })
+    .await?;
+    calls.push((USAGE_USER, stat));
     stalls.push(("per-call measurements above", watch.report().await?));
 
     let provider = 0;

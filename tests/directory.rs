@@ -237,6 +237,21 @@ async fn api_keys_are_read(directory: &SeaOrmDirectory) {
     of_b.sort();
     assert_eq!(of_b, sorted([KEY_B1, KEY_B2]));
     assert_eq!(directory.api_keys_of_user("nobody").await.expect("keys of nobody"), []);
+
+    let matching = |identifier: &'static str| async move {
+        let keys = directory
+            .api_keys_of_users_matching(identifier)
+            .await
+            .expect("keys of matching users");
+        keys.into_iter().map(|key| key.id).collect::<Vec<_>>()
+    };
+    // USER_A is also KEY_B1's id: only user columns count here.
+    assert_eq!(matching(USER_A).await, sorted([KEY_A1, KEY_A2]));
+    assert_eq!(matching(ALICE).await, sorted([KEY_A1, KEY_A2]));
+    // B's username and A's email: both users' keys.
+    assert_eq!(matching(ALICE_EMAIL).await, sorted([KEY_A1, KEY_A2, KEY_B1, KEY_B2]));
+    assert_eq!(matching(KEY_A1).await, Vec::<String>::new());
+    assert_eq!(matching("%").await, Vec::<String>::new());
 }
 
 /// 1200 ids (plus a repeat) of which a few exist: more than one chunk, no repeats out.

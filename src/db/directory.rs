@@ -186,6 +186,15 @@ where
     Ok(rows)
 }
 
+/// Users whose id, username or email is exactly `identifier` (each column
+/// is unique, so at most three rows).
+fn user_matches(identifier: &str) -> Condition {
+    Condition::any()
+        .add(users::Column::Id.eq(identifier))
+        .add(users::Column::Username.eq(identifier))
+        .add(users::Column::Email.eq(identifier))
+}
+
 /// `api_keys` LEFT JOIN `users`: a key's columns and its owner's, in
 /// [`ClientKeyRow`] order, so a key and its owner take one round trip.
 fn client_keys_select() -> Select<api_keys::Entity> {
@@ -242,12 +251,7 @@ impl Directory for SeaOrmDirectory {
         let users = users::Entity::find()
             .select_only()
             .columns([users::Column::Id, users::Column::Username, users::Column::Email])
-            .filter(
-                Condition::any()
-                    .add(users::Column::Id.eq(identifier))
-                    .add(users::Column::Username.eq(identifier))
-                    .add(users::Column::Email.eq(identifier)),
-            )
+            .filter(user_matches(identifier))
             .into_tuple::<(String, String, String)>()
             .all(db);
         let key = client_keys_select()
@@ -283,6 +287,20 @@ impl Directory for SeaOrmDirectory {
             });
         }
         Ok(matches)
+    }
+
+    async fn api_keys_of_users_matching(&self, identifier: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
+        let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
+            .select_only()
+            .columns(api_key_columns())
+            .join(JoinType::InnerJoin, api_keys::Relation::User.def())
+            .filter(user_matches(identifier))
+            .order_by_asc(api_keys::Column::Id)
+            .into_tuple()
+            .all(self.db.get()?)
+            .await
+            .map_err(db_error)?;
+        Ok(rows.into_iter().map(api_key_summary).collect())
     }
 
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError> {

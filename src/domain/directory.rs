@@ -117,6 +117,11 @@ pub trait Directory: Send + Sync + 'static {
     /// Empty when nothing matches.
     async fn match_user(&self, identifier: &str) -> Result<Vec<UserMatch>, StoreError>;
 
+    /// Every API key of every user whose id, username or email is exactly
+    /// `identifier` (the users [`Directory::match_user`] finds by a user
+    /// column), so a caller can read them beside that look-up.
+    async fn api_keys_of_users_matching(&self, identifier: &str) -> Result<Vec<ApiKeySummary>, StoreError>;
+
     /// Every API key of a user.
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError>;
 

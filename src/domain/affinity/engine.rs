@@ -17,7 +17,7 @@ use super::{
 };
 use crate::config::MAX_AFFINITY_TTL;
 use crate::domain::crypto::KeyCipher;
-use crate::domain::directory::{ClientKey, Directory, MatchKind, UserSummary};
+use crate::domain::directory::{ClientKey, Directory, MatchKind};
 use crate::domain::validate;
 use crate::error::{Error, Result, StoreError};
 use crate::store::{AffinityStore, CounterStore, EventBus, UsageStore};
@@ -516,18 +516,6 @@ impl AffinityEngine {
         Ok((rows.attach(&self.stores.cipher, affinities), usage))
     }
 
-    /// Every API key of `user`, with the user as owner.
-    async fn client_keys_of(&self, user: &UserSummary) -> Result<Vec<ClientKey>> {
-        let keys = self.stores.directory.api_keys_of_user(&user.id).await?;
-        Ok(keys
-            .into_iter()
-            .map(|key| ClientKey {
-                key,
-                owner: Some(user.clone()),
-            })
-            .collect())
-    }
-
     /// The API key whose id is exactly `id`, with its owner.
     async fn client_key(&self, id: &str) -> Result<Option<ClientKey>> {
         let found = self.stores.directory.client_keys(&[id.to_owned()]).await?;
@@ -538,8 +526,8 @@ impl AffinityEngine {
     /// affinities through the per-key indexes.
     pub async fn list_user(&self, identifier: &str) -> Result<UserAffinities> {
         let identifier = validate::identifier("user_identifier", identifier)?;
-        let user = listing::resolve_user(self.stores.directory.as_ref(), identifier).await?;
-        let keys = self.client_keys_of(&user.user).await?;
+        let listing::UserWithKeys { resolved: user, keys } =
+            listing::resolve_user(self.stores.directory.as_ref(), identifier).await?;
         let mut affinities = self
             .stores
             .affinities
@@ -595,10 +583,9 @@ impl AffinityEngine {
             listing.matched_api_key_id = Some(key.key.id.clone());
             listing.matched_user_id = Some(key.key.user_id.clone());
             (vec![IndexRef::AffinityKey(key.key.id.clone())], vec![key], false)
-        } else if let Some(first) = directory.match_user(keyword).await?.into_iter().next() {
-            listing.matched_user_id = Some(first.user.id.clone());
-            let keys = self.client_keys_of(&first.user).await?;
-            (key_indexes(&keys), keys, false)
+        } else if let Some(found) = listing::find_user_with_keys(directory, keyword).await? {
+            listing.matched_user_id = Some(found.resolved.user.id);
+            (key_indexes(&found.keys), found.keys, false)
         } else {
             let hits = directory.search(keyword, KEYWORD_HIT_LIMIT).await?;
             let indexes = hits
@@ -649,8 +636,9 @@ impl AffinityEngine {
                 )
             }
             None => {
-                let resolved = listing::resolve_user(directory, identifier.trim()).await?;
-                let indexes = key_indexes(&self.client_keys_of(&resolved.user).await?);
+                let found = listing::resolve_user(directory, identifier.trim()).await?;
+                let indexes = key_indexes(&found.keys);
+                let resolved = found.resolved;
                 // An identifier resolved through an API key still clears the
                 // whole user (only a raw key id narrows the clear).
                 (

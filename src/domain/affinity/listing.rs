@@ -175,20 +175,60 @@ pub struct ResolvedUser {
     pub api_key: Option<ApiKeySummary>,
 }
 
+/// A resolved user and every API key they own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserWithKeys {
+    /// The user and how the identifier matched.
+    pub resolved: ResolvedUser,
+    /// The user's API keys, the user as owner.
+    pub keys: Vec<ClientKey>,
+}
+
 /// Resolves an identifier in Aether's order (id, username, email, API key
-/// id). NOT_FOUND when nothing matches.
-pub async fn resolve_user(directory: &dyn Directory, identifier: &str) -> Result<ResolvedUser> {
-    let first = directory
-        .match_user(identifier)
-        .await?
+/// id) and reads the user's keys in the same step: the keys of the users a
+/// user column matches are read beside the match itself. Only a match by API
+/// key id alone costs a second step. `None` when nothing matches.
+pub async fn find_user_with_keys(directory: &dyn Directory, identifier: &str) -> Result<Option<UserWithKeys>> {
+    let (matches, keys_of_matched) = futures::future::try_join(
+        directory.match_user(identifier),
+        directory.api_keys_of_users_matching(identifier),
+    )
+    .await?;
+    let Some(first) = matches.into_iter().next() else {
+        return Ok(None);
+    };
+    let keys = if first.kind == MatchKind::ApiKeyId {
+        // No user column matched (they come first), so the keys read beside
+        // the match are not this owner's.
+        directory.api_keys_of_user(&first.user.id).await?
+    } else {
+        keys_of_matched
+            .into_iter()
+            .filter(|key| key.user_id == first.user.id)
+            .collect()
+    };
+    let keys = keys
         .into_iter()
-        .next()
-        .ok_or_else(|| Error::not_found("user", identifier))?;
-    Ok(ResolvedUser {
-        user: first.user,
-        matched_by: first.kind,
-        api_key: first.api_key,
-    })
+        .map(|key| ClientKey {
+            key,
+            owner: Some(first.user.clone()),
+        })
+        .collect();
+    Ok(Some(UserWithKeys {
+        resolved: ResolvedUser {
+            user: first.user,
+            matched_by: first.kind,
+            api_key: first.api_key,
+        },
+        keys,
+    }))
+}
+
+/// [`find_user_with_keys`], NOT_FOUND when nothing matches.
+pub async fn resolve_user(directory: &dyn Directory, identifier: &str) -> Result<UserWithKeys> {
+    find_user_with_keys(directory, identifier)
+        .await?
+        .ok_or_else(|| Error::not_found("user", identifier))
 }
 
 /// Where a listing continues. The token binds the keyword, so a token from
