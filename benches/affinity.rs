@@ -91,6 +91,20 @@ impl World {
         (user * PER_USER).min(self.n)..((user + 1) * PER_USER).min(self.n)
     }
 
+    /// The per-key indexes of `user`'s API keys.
+    fn user_key_indexes(&self, user: usize) -> Vec<IndexRef> {
+        self.user_key_ids(user).into_iter().map(IndexRef::AffinityKey).collect()
+    }
+
+    fn user_key_ids(&self, user: usize) -> Vec<String> {
+        self.api_keys
+            .iter()
+            .skip(user * KEYS_PER_USER)
+            .take(KEYS_PER_USER)
+            .cloned()
+            .collect()
+    }
+
     fn provider_entries(&self, provider: usize) -> u64 {
         (0..self.n).filter(|&j| Self::provider_of(j) == provider).count() as u64
     }
@@ -759,13 +773,7 @@ async fn measure_size(
     let stat = measure(STORE_USER_INDEXES, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
         async move {
-            let indexes: Vec<IndexRef> = world
-                .api_keys
-                .iter()
-                .skip(u * KEYS_PER_USER)
-                .take(KEYS_PER_USER)
-                .map(|k| IndexRef::AffinityKey(k.clone()))
-                .collect();
+            let indexes = world.user_key_indexes(u);
             let started = Instant::now();
             let found = store.list_indexed(&indexes, now_epoch()).await?;
             let elapsed = started.elapsed();
@@ -797,20 +805,11 @@ async fn measure_size(
     let stat = measure(ENRICH_USER, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
         async move {
-            let indexes: Vec<IndexRef> = world.api_keys[u * KEYS_PER_USER..]
-                .iter()
-                .take(KEYS_PER_USER)
-                .map(|k| IndexRef::AffinityKey(k.clone()))
-                .collect();
+            let indexes = world.user_key_indexes(u);
             let affinities = store.list_indexed(&indexes, now_epoch()).await?;
             let count = affinities.len();
             // As ListUserAffinities has them: the user's keys, already read.
-            let key_ids: Vec<String> = world.api_keys[u * KEYS_PER_USER..]
-                .iter()
-                .take(KEYS_PER_USER)
-                .cloned()
-                .collect();
-            let known = directory.client_keys(&key_ids).await?;
+            let known = directory.client_keys(&world.user_key_ids(u)).await?;
             let started = Instant::now();
             let rows = EnrichmentRows::look_up(directory.as_ref(), &affinities, known).await?;
             let details = rows.attach(cipher, affinities);
@@ -829,11 +828,7 @@ async fn measure_size(
     let stat = measure(USAGE_USER, 30, 300, Duration::from_secs(20), || {
         let u = rng.below(user_count);
         async move {
-            let indexes: Vec<IndexRef> = world.api_keys[u * KEYS_PER_USER..]
-                .iter()
-                .take(KEYS_PER_USER)
-                .map(|k| IndexRef::AffinityKey(k.clone()))
-                .collect();
+            let indexes = world.user_key_indexes(u);
             let affinities = store.list_indexed(&indexes, now_epoch()).await?;
             let started = Instant::now();
             let found = usage.bindings(&affinities).await?;

@@ -186,6 +186,23 @@ where
     Ok(rows)
 }
 
+/// The keys `select` (a find of `api_keys`, maybe joined and filtered)
+/// reads, as summaries in id order.
+async fn api_key_summaries(
+    db: &DatabaseConnection,
+    select: Select<api_keys::Entity>,
+) -> Result<Vec<ApiKeySummary>, StoreError> {
+    let rows: Vec<ApiKeyRow> = select
+        .select_only()
+        .columns(api_key_columns())
+        .order_by_asc(api_keys::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    Ok(rows.into_iter().map(api_key_summary).collect())
+}
+
 /// Users whose id, username or email is exactly `identifier` (each column
 /// is unique, so at most three rows).
 fn user_matches(identifier: &str) -> Condition {
@@ -290,30 +307,15 @@ impl Directory for SeaOrmDirectory {
     }
 
     async fn api_keys_of_users_matching(&self, identifier: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
-        let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
-            .select_only()
-            .columns(api_key_columns())
+        let owners_matching = api_keys::Entity::find()
             .join(JoinType::InnerJoin, api_keys::Relation::User.def())
-            .filter(user_matches(identifier))
-            .order_by_asc(api_keys::Column::Id)
-            .into_tuple()
-            .all(self.db.get()?)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().map(api_key_summary).collect())
+            .filter(user_matches(identifier));
+        api_key_summaries(self.db.get()?, owners_matching).await
     }
 
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
-        let rows: Vec<ApiKeyRow> = api_keys::Entity::find()
-            .select_only()
-            .columns(api_key_columns())
-            .filter(api_keys::Column::UserId.eq(user_id))
-            .order_by_asc(api_keys::Column::Id)
-            .into_tuple()
-            .all(self.db.get()?)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().map(api_key_summary).collect())
+        let of_user = api_keys::Entity::find().filter(api_keys::Column::UserId.eq(user_id));
+        api_key_summaries(self.db.get()?, of_user).await
     }
 
     async fn client_keys(&self, ids: &[String]) -> Result<Vec<ClientKey>, StoreError> {
