@@ -382,8 +382,17 @@ async fn stats_config_metrics_suite(client: &mut Client) {
 }
 
 async fn events_suite(client: &mut Client) {
+    // Only changes: decision events of the earlier suites' Gets may still be
+    // on their way.
     let request = WatchAffinityEventsRequest {
         affinity_key: BOB_KEY.into(),
+        types: [
+            AffinityEventType::Created,
+            AffinityEventType::Switched,
+            AffinityEventType::Invalidated,
+        ]
+        .map(Into::into)
+        .to_vec(),
         ..Default::default()
     };
     let mut events = client.watch_affinity_events(request).await.expect("watch").into_inner();

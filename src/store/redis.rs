@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use fred::clients::{Client, Pool, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
+    ClientLike, ClusterInterface, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
 };
+use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scan::Scanner;
 use fred::types::scripts::Script;
@@ -1114,12 +1115,28 @@ impl EventBus for RedisEventBus {
             store: StoreKind::Redis,
             detail: e.to_string(),
         })?;
-        let _: i64 = self
-            .redis
-            .client()?
-            .publish(self.channel.as_str(), payload)
-            .await
-            .map_err(|e| store_error(&e))?;
+        let client = self.redis.client()?;
+        // fred sends a cluster PUBLISH to a random node, and nodes forward
+        // it over the cluster bus independently: two batches could arrive
+        // out of order. Every batch goes to the node owning the channel's
+        // slot instead, so events keep the order they were published in.
+        let home = self.redis.clustered.then(|| {
+            client.cached_cluster_state().and_then(|routing| {
+                routing
+                    .get_server(ClusterRouting::hash_key(self.channel.as_bytes()))
+                    .cloned()
+            })
+        });
+        let published: Result<i64, RedisError> = match home.flatten() {
+            Some(server) => {
+                client
+                    .with_cluster_node(server)
+                    .publish(self.channel.as_str(), payload)
+                    .await
+            }
+            None => client.publish(self.channel.as_str(), payload).await,
+        };
+        published.map_err(|e| store_error(&e))?;
         Ok(())
     }
 
