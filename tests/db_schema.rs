@@ -39,6 +39,29 @@ async fn schema_round_trips_on_sqlite() {
     exercise_schema(&url).await;
 }
 
+/// A connection the server ends mid-query reads as UNAVAILABLE, not INTERNAL:
+/// `pg_ctl stop -m immediate` ends every backend this way (SQLSTATE 57P01),
+/// and the fault bench once saw a ResolveUser answered INTERNAL then.
+#[tokio::test]
+async fn a_connection_the_server_ends_is_unavailable() {
+    TestDatabase::scoped(|url| async move {
+        let db = connect(&url).await;
+        let error = db
+            .execute_unprepared("SELECT pg_terminate_backend(pg_backend_pid())")
+            .await
+            .expect_err("the server ends the connection");
+        assert!(
+            matches!(
+                aether_control::db::store_error(&error),
+                aether_control::error::StoreError::Unavailable { .. }
+            ),
+            "{error:?}"
+        );
+        db.close().await.ok();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn migrator_leaves_an_existing_postgres_table_alone() {
     TestDatabase::scoped(|url| async move {

@@ -23,15 +23,40 @@ use crate::store::HealthProbe;
 /// retry, anything else is a bug or bad data.
 pub fn store_error(error: &DbErr) -> StoreError {
     let detail = error.to_string();
-    match error {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable {
+    if is_unavailable(error) {
+        StoreError::Unavailable {
             store: StoreKind::Database,
             detail,
-        },
-        _ => StoreError::Internal {
+        }
+    } else {
+        StoreError::Internal {
             store: StoreKind::Database,
             detail,
-        },
+        }
+    }
+}
+
+/// Whether `error` says the database (or the way to it) is down, not that
+/// the statement was wrong: no connection, a connection lost mid-query, or
+/// the server refusing work while it shuts down or starts up (SQLSTATE
+/// class 08, and 57P01..57P03: a PostgreSQL stopped with `-m immediate`
+/// answers in-flight queries with 57P01).
+fn is_unavailable(error: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
+    let runtime = match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Query(runtime) | DbErr::Exec(runtime) => runtime,
+        _ => return false,
+    };
+    let sea_orm::RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        SqlxError::Io(_) | SqlxError::PoolTimedOut | SqlxError::PoolClosed | SqlxError::WorkerCrashed => true,
+        SqlxError::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 
