@@ -238,12 +238,16 @@ async fn api_keys_are_read(directory: &SeaOrmDirectory) {
     assert_eq!(of_b, sorted([KEY_B1, KEY_B2]));
     assert_eq!(directory.api_keys_of_user("nobody").await.expect("keys of nobody"), []);
 
+    // The keys come with the matches, which are match_user's.
     let matching = |identifier: &'static str| async move {
-        let keys = directory
-            .api_keys_of_users_matching(identifier)
+        let (matches, keys) = directory
+            .match_user_with_keys(identifier)
             .await
-            .expect("keys of matching users");
-        keys.into_iter().map(|key| key.id).collect::<Vec<_>>()
+            .expect("matches with keys");
+        assert_eq!(matches, directory.match_user(identifier).await.expect("match_user"));
+        let mut ids: Vec<String> = keys.into_iter().map(|key| key.id).collect();
+        ids.sort();
+        ids
     };
     // USER_A is also KEY_B1's id: only user columns count here.
     assert_eq!(matching(USER_A).await, sorted([KEY_A1, KEY_A2]));
@@ -251,6 +255,7 @@ async fn api_keys_are_read(directory: &SeaOrmDirectory) {
     // B's username and A's email: both users' keys.
     assert_eq!(matching(ALICE_EMAIL).await, sorted([KEY_A1, KEY_A2, KEY_B1, KEY_B2]));
     assert_eq!(matching(KEY_A1).await, Vec::<String>::new());
+    assert_eq!(matching(BOB_EMAIL).await, sorted([KEY_B1, KEY_B2]));
     assert_eq!(matching("%").await, Vec::<String>::new());
 }
 

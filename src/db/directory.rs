@@ -48,6 +48,19 @@ const LIKE_ESCAPE: char = '\\';
 /// The selected columns of an `api_keys` row, in [`api_key_columns`] order.
 type ApiKeyRow = (String, String, Option<String>, Option<String>, bool);
 
+/// A user's id, username and email, then the [`ApiKeyRow`] columns of one of
+/// their keys (NULL for a user without keys).
+type UserKeyRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+);
+
 /// An [`ApiKeyRow`] followed by its owner's id, username and email (NULL when
 /// the owner row is missing), as [`client_keys_select`] reads them.
 type ClientKeyRow = (
@@ -212,6 +225,51 @@ fn user_matches(identifier: &str) -> Condition {
         .add(users::Column::Email.eq(identifier))
 }
 
+/// The API key whose id is exactly `identifier`, with its owner's columns.
+async fn client_key_by_id(db: &DatabaseConnection, identifier: &str) -> Result<Option<ClientKeyRow>, sea_orm::DbErr> {
+    client_keys_select()
+        .filter(api_keys::Column::Id.eq(identifier))
+        .into_tuple::<ClientKeyRow>()
+        .one(db)
+        .await
+}
+
+/// The ways `identifier` matched, in Aether's order: the user columns of
+/// `users` (found with `=`; compared again here to learn which column
+/// matched, both exact byte-wise comparisons), then the API key of `key` if
+/// its owner exists.
+fn matches_in_order(
+    identifier: &str,
+    users: impl Iterator<Item = UserSummary>,
+    key: Option<ClientKeyRow>,
+) -> Vec<UserMatch> {
+    let mut matches = Vec::new();
+    for user in users {
+        for (kind, value) in [
+            (MatchKind::UserId, &user.id),
+            (MatchKind::Username, &user.username),
+            (MatchKind::Email, &user.email),
+        ] {
+            if value == identifier {
+                matches.push(UserMatch {
+                    kind,
+                    user: user.clone(),
+                    api_key: None,
+                });
+            }
+        }
+    }
+    matches.sort_by_key(|m| m.kind);
+    if let Some(ClientKey { key, owner: Some(user) }) = key.map(client_key) {
+        matches.push(UserMatch {
+            kind: MatchKind::ApiKeyId,
+            user,
+            api_key: Some(key),
+        });
+    }
+    matches
+}
+
 /// `api_keys` LEFT JOIN `users`: a key's columns and its owner's, in
 /// [`ClientKeyRow`] order, so a key and its owner take one round trip.
 fn client_keys_select() -> Select<api_keys::Entity> {
@@ -271,46 +329,42 @@ impl Directory for SeaOrmDirectory {
             .filter(user_matches(identifier))
             .into_tuple::<(String, String, String)>()
             .all(db);
-        let key = client_keys_select()
-            .filter(api_keys::Column::Id.eq(identifier))
-            .into_tuple::<ClientKeyRow>()
-            .one(db);
-        let (users, key) = futures::future::try_join(users, key).await.map_err(db_error)?;
-        let mut matches = Vec::new();
-        for (id, username, email) in users {
-            let user = UserSummary { id, username, email };
-            // The database compared with `=`; compare again to learn which
-            // column matched (both are exact, byte-wise comparisons).
-            for (kind, value) in [
-                (MatchKind::UserId, &user.id),
-                (MatchKind::Username, &user.username),
-                (MatchKind::Email, &user.email),
-            ] {
-                if value == identifier {
-                    matches.push(UserMatch {
-                        kind,
-                        user: user.clone(),
-                        api_key: None,
-                    });
-                }
-            }
-        }
-        matches.sort_by_key(|m| m.kind);
-        if let Some(ClientKey { key, owner: Some(user) }) = key.map(client_key) {
-            matches.push(UserMatch {
-                kind: MatchKind::ApiKeyId,
-                user,
-                api_key: Some(key),
-            });
-        }
-        Ok(matches)
+        let (users, key) = futures::future::try_join(users, client_key_by_id(db, identifier))
+            .await
+            .map_err(db_error)?;
+        let users = users
+            .into_iter()
+            .map(|(id, username, email)| UserSummary { id, username, email });
+        Ok(matches_in_order(identifier, users, key))
     }
 
-    async fn api_keys_of_users_matching(&self, identifier: &str) -> Result<Vec<ApiKeySummary>, StoreError> {
-        let owners_matching = api_keys::Entity::find()
-            .join(JoinType::InnerJoin, api_keys::Relation::User.def())
-            .filter(user_matches(identifier));
-        api_key_summaries(self.db.get()?, owners_matching).await
+    async fn match_user_with_keys(&self, identifier: &str) -> Result<(Vec<UserMatch>, Vec<ApiKeySummary>), StoreError> {
+        // match_user's first query, joined with the matched users' keys: one
+        // row per (user, key), or one with no key for a user without any.
+        let db = self.db.get()?;
+        let users = users::Entity::find()
+            .select_only()
+            .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+            .columns(api_key_columns())
+            .join(JoinType::LeftJoin, users::Relation::ApiKeys.def())
+            .filter(user_matches(identifier))
+            .order_by_asc(api_keys::Column::Id)
+            .into_tuple::<UserKeyRow>()
+            .all(db);
+        let (rows, key) = futures::future::try_join(users, client_key_by_id(db, identifier))
+            .await
+            .map_err(db_error)?;
+        let mut users: Vec<UserSummary> = Vec::new();
+        let mut keys = Vec::new();
+        for (id, username, email, key_id, owner, name, key_encrypted, is_standalone) in rows {
+            if !users.iter().any(|u| u.id == id) {
+                users.push(UserSummary { id, username, email });
+            }
+            if let (Some(key_id), Some(owner), Some(is_standalone)) = (key_id, owner, is_standalone) {
+                keys.push(api_key_summary((key_id, owner, name, key_encrypted, is_standalone)));
+            }
+        }
+        Ok((matches_in_order(identifier, users.into_iter(), key), keys))
     }
 
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError> {

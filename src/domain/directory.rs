@@ -117,10 +117,9 @@ pub trait Directory: Send + Sync + 'static {
     /// Empty when nothing matches.
     async fn match_user(&self, identifier: &str) -> Result<Vec<UserMatch>, StoreError>;
 
-    /// Every API key of every user whose id, username or email is exactly
-    /// `identifier` (the users [`Directory::match_user`] finds by a user
-    /// column), so a caller can read them beside that look-up.
-    async fn api_keys_of_users_matching(&self, identifier: &str) -> Result<Vec<ApiKeySummary>, StoreError>;
+    /// [`Directory::match_user`], and every API key of the users it matched
+    /// by a user column (id, username, email), read by the same query.
+    async fn match_user_with_keys(&self, identifier: &str) -> Result<(Vec<UserMatch>, Vec<ApiKeySummary>), StoreError>;
 
     /// Every API key of a user.
     async fn api_keys_of_user(&self, user_id: &str) -> Result<Vec<ApiKeySummary>, StoreError>;

@@ -186,14 +186,10 @@ pub struct UserWithKeys {
 
 /// Resolves an identifier in Aether's order (id, username, email, API key
 /// id) and reads the user's keys in the same step: the keys of the users a
-/// user column matches are read beside the match itself. Only a match by API
-/// key id alone costs a second step. `None` when nothing matches.
+/// user column matches come with the match itself. Only a match by API key
+/// id alone costs a second step. `None` when nothing matches.
 pub async fn find_user_with_keys(directory: &dyn Directory, identifier: &str) -> Result<Option<UserWithKeys>> {
-    let (matches, keys_of_matched) = futures::future::try_join(
-        directory.match_user(identifier),
-        directory.api_keys_of_users_matching(identifier),
-    )
-    .await?;
+    let (matches, keys_of_matched) = directory.match_user_with_keys(identifier).await?;
     let Some(first) = matches.into_iter().next() else {
         return Ok(None);
     };
