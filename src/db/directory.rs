@@ -225,13 +225,26 @@ fn user_matches(identifier: &str) -> Condition {
         .add(users::Column::Email.eq(identifier))
 }
 
-/// The API key whose id is exactly `identifier`, with its owner's columns.
-async fn client_key_by_id(db: &DatabaseConnection, identifier: &str) -> Result<Option<ClientKeyRow>, sea_orm::DbErr> {
-    client_keys_select()
+/// The id, username and email of the users [`user_matches`] finds.
+fn matched_users_select(identifier: &str) -> Select<users::Entity> {
+    users::Entity::find()
+        .select_only()
+        .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+        .filter(user_matches(identifier))
+}
+
+/// Runs `users` (a read of the matched users) beside the read of the API key
+/// whose id is exactly `identifier` (with its owner's columns).
+async fn beside_client_key<T>(
+    db: &DatabaseConnection,
+    identifier: &str,
+    users: impl Future<Output = Result<T, sea_orm::DbErr>>,
+) -> Result<(T, Option<ClientKeyRow>), StoreError> {
+    let key = client_keys_select()
         .filter(api_keys::Column::Id.eq(identifier))
         .into_tuple::<ClientKeyRow>()
-        .one(db)
-        .await
+        .one(db);
+    futures::future::try_join(users, key).await.map_err(db_error)
 }
 
 /// The ways `identifier` matched, in Aether's order: the user columns of
@@ -323,15 +336,10 @@ impl Directory for SeaOrmDirectory {
         // matches per column; one query finds them all. The API key (with
         // its owner) is a second query, run beside the first.
         let db = self.db.get()?;
-        let users = users::Entity::find()
-            .select_only()
-            .columns([users::Column::Id, users::Column::Username, users::Column::Email])
-            .filter(user_matches(identifier))
+        let users = matched_users_select(identifier)
             .into_tuple::<(String, String, String)>()
             .all(db);
-        let (users, key) = futures::future::try_join(users, client_key_by_id(db, identifier))
-            .await
-            .map_err(db_error)?;
+        let (users, key) = beside_client_key(db, identifier, users).await?;
         let users = users
             .into_iter()
             .map(|(id, username, email)| UserSummary { id, username, email });
@@ -342,18 +350,13 @@ impl Directory for SeaOrmDirectory {
         // match_user's first query, joined with the matched users' keys: one
         // row per (user, key), or one with no key for a user without any.
         let db = self.db.get()?;
-        let users = users::Entity::find()
-            .select_only()
-            .columns([users::Column::Id, users::Column::Username, users::Column::Email])
+        let users = matched_users_select(identifier)
             .columns(api_key_columns())
             .join(JoinType::LeftJoin, users::Relation::ApiKeys.def())
-            .filter(user_matches(identifier))
             .order_by_asc(api_keys::Column::Id)
             .into_tuple::<UserKeyRow>()
             .all(db);
-        let (rows, key) = futures::future::try_join(users, client_key_by_id(db, identifier))
-            .await
-            .map_err(db_error)?;
+        let (rows, key) = beside_client_key(db, identifier, users).await?;
         let mut users: Vec<UserSummary> = Vec::new();
         let mut keys = Vec::new();
         for (id, username, email, key_id, owner, name, key_encrypted, is_standalone) in rows {

@@ -1120,14 +1120,17 @@ impl EventBus for RedisEventBus {
         // it over the cluster bus independently: two batches could arrive
         // out of order. Every batch goes to the node owning the channel's
         // slot instead, so events keep the order they were published in.
-        let home = self.redis.clustered.then(|| {
-            client.cached_cluster_state().and_then(|routing| {
+        let home = self
+            .redis
+            .clustered
+            .then(|| client.cached_cluster_state())
+            .flatten()
+            .and_then(|routing| {
                 routing
                     .get_server(ClusterRouting::hash_key(self.channel.as_bytes()))
                     .cloned()
-            })
-        });
-        let published: Result<i64, RedisError> = match home.flatten() {
+            });
+        let published: Result<i64, RedisError> = match home {
             Some(server) => {
                 client
                     .with_cluster_node(server)
