@@ -146,6 +146,10 @@ pub struct AffinityEngine {
     stores: AffinityStores,
     settings: AffinitySettings,
     pending: Arc<CounterBuffer>,
+    /// Held shared by a stats read and alone by a flush, so a read never
+    /// sees deltas that left the buffer but have not reached the store
+    /// (a Prometheus counter would seem to go down).
+    flush_gate: Arc<tokio::sync::RwLock<()>>,
     publisher: EventPublisher,
 }
 
@@ -172,6 +176,7 @@ impl AffinityEngine {
             stores,
             settings,
             pending: Arc::new(CounterBuffer::default()),
+            flush_gate: Arc::default(),
             publisher,
         }
     }
@@ -464,6 +469,7 @@ impl AffinityEngine {
     /// The shared counters plus this instance's unflushed deltas, and the
     /// upstream usage totals.
     pub async fn stats(&self) -> Result<AffinityStats> {
+        let _no_flush = self.flush_gate.read().await;
         let (stored, active, usage) = futures::future::try_join3(
             self.stores.counters.load(),
             self.stores.affinities.count_live(now_epoch()),
@@ -480,6 +486,7 @@ impl AffinityEngine {
     /// Adds pending counter deltas to the shared store; on failure they are
     /// kept for the next flush.
     pub async fn flush_counters(&self) -> std::result::Result<(), StoreError> {
+        let _flushing = self.flush_gate.write().await;
         let deltas = self.pending.take();
         if deltas.is_empty() {
             return Ok(());
@@ -718,5 +725,93 @@ impl AffinityEngine {
             }
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::db::directory::SeaOrmDirectory;
+    use crate::store::memory::{MemoryAffinityStore, MemoryCounterStore, MemoryEventBus, MemoryUsageStore};
+
+    /// Counters whose `add` stops half-way until released, so a test can
+    /// read stats while a flush is between taking and storing its deltas.
+    #[derive(Default)]
+    struct HeldCounters {
+        inner: MemoryCounterStore,
+        adding: Notify,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl CounterStore for HeldCounters {
+        async fn add(&self, deltas: &[(String, i64)]) -> std::result::Result<(), StoreError> {
+            self.adding.notify_one();
+            self.release.notified().await;
+            self.inner.add(deltas).await
+        }
+
+        async fn load(&self) -> std::result::Result<HashMap<String, i64>, StoreError> {
+            self.inner.load().await
+        }
+    }
+
+    async fn engine(counters: Arc<HeldCounters>) -> AffinityEngine {
+        let database = sea_orm::Database::connect("sqlite::memory:").await.expect("sqlite");
+        AffinityEngine::new(
+            AffinityStores {
+                affinities: Arc::new(MemoryAffinityStore::new(100)),
+                counters,
+                events: Arc::new(MemoryEventBus::default()),
+                directory: Arc::new(SeaOrmDirectory::new(database)),
+                cipher: Arc::new(KeyCipher::from_secret(None, false).expect("cipher")),
+                usage: Arc::new(MemoryUsageStore::default()),
+            },
+            AffinitySettings {
+                default_ttl: Duration::from_secs(300),
+                reconcile_interval: Duration::from_secs(30),
+                instance_id: "test".into(),
+                write_only_on_success: true,
+                max_switches_per_minute: 0,
+                target_watch_interval: Duration::from_secs(15),
+                memory_max_affinities: 100,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stats_read_during_a_flush_misses_no_count() {
+        let counters = Arc::new(HeldCounters::default());
+        let engine = Arc::new(engine(counters.clone()).await);
+        let key = AffinityKey::parse("key-1", "CLAUDE", "model-1").expect("key");
+        let target = AffinityTarget {
+            provider_id: "p".into(),
+            endpoint_id: "e".into(),
+            key_id: "k".into(),
+        };
+        engine
+            .set(&key, target, "", None, None, WritePolicy::default())
+            .await
+            .expect("set");
+
+        let flushing = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.flush_counters().await }
+        });
+        counters.adding.notified().await;
+        let reading = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.stats().await }
+        });
+        // Give the read every chance to run while the deltas are in flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counters.release.notify_one();
+
+        flushing.await.expect("flush task").expect("flush");
+        let stats = reading.await.expect("stats task").expect("stats");
+        assert_eq!(stats.total_affinities, 1, "the set is counted exactly once");
     }
 }
