@@ -7,8 +7,10 @@
 //! a constant-time MAC and no TTL or clock-skew limit, as Aether does.
 //! Domain logic: no tonic, no fred, no sea-orm types here.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
@@ -24,6 +26,10 @@ const PBKDF2_ITERATIONS: NonZeroU32 = NonZeroU32::new(100_000).expect("non-zero 
 
 /// Aether hashes this to get its PBKDF2 salt (`sha256(b"aether-v1")[:16]`).
 const SALT_SEED: &[u8] = b"aether-v1";
+
+/// Most masks a cipher remembers (about 3 MB of ciphertexts at the cap);
+/// past it the memo starts afresh.
+const MASK_MEMO_CAP: usize = 10_000;
 
 /// Fernet keys are 32 bytes: 16 to sign, then 16 to encrypt.
 const FERNET_KEY_LEN: usize = 32;
@@ -87,6 +93,11 @@ pub struct KeyCipher {
     fernet: Fernet,
     source: KeySource,
     derivation: KeyDerivation,
+    /// Stored value -> its mask. A mask depends only on the stored value
+    /// (under this key), so it is never stale; listings show the same keys
+    /// again and again and each decrypt costs microseconds. Holds no
+    /// plaintext: only what the database and the listings already show.
+    masks: Arc<Mutex<HashMap<Box<str>, MaskedKey>>>,
     #[cfg(test)]
     key_b64: String,
 }
@@ -144,6 +155,7 @@ impl KeyCipher {
             fernet,
             source,
             derivation,
+            masks: Arc::default(),
             #[cfg(test)]
             key_b64: key_b64.clone(),
         };
@@ -213,7 +225,11 @@ impl KeyCipher {
     /// (Aether shows `None` for both).
     #[must_use]
     pub fn decrypt_and_mask(&self, stored: &str) -> MaskedKey {
-        match self.decrypt(stored) {
+        // A poisoned memo only costs the decrypt.
+        if let Some(known) = self.masks.lock().ok().and_then(|masks| masks.get(stored).cloned()) {
+            return known;
+        }
+        let masked = match self.decrypt(stored) {
             Ok(plaintext) => {
                 let masked = mask_api_key_safe(&plaintext).map_or(MaskedKey::Empty, MaskedKey::Masked);
                 let mut bytes = plaintext.into_bytes();
@@ -221,7 +237,14 @@ impl KeyCipher {
                 masked
             }
             Err(_) => MaskedKey::Undecryptable,
+        };
+        if let Ok(mut masks) = self.masks.lock() {
+            if masks.len() >= MASK_MEMO_CAP {
+                masks.clear();
+            }
+            masks.insert(stored.into(), masked.clone());
         }
+        masked
     }
 }
 
@@ -820,6 +843,29 @@ mod tests {
         assert_eq!(bad, MaskedKey::Undecryptable);
         assert_eq!(bad.display(), "<undecryptable>");
         assert_eq!(cipher_s().decrypt_and_mask("garbage"), MaskedKey::Undecryptable);
+    }
+
+    #[test]
+    fn remembered_masks_are_per_key_and_bounded() {
+        let cipher = KeyCipher::from_secret(Some(F), false).unwrap();
+        let other = KeyCipher::from_secret(Some(KEY_D), false).unwrap();
+        let stored = cipher.encrypt(LONG);
+        let masked = MaskedKey::Masked("sk-test-********cdef".to_owned());
+        assert_eq!(cipher.decrypt_and_mask(&stored), masked);
+        assert_eq!(cipher.decrypt_and_mask(&stored), masked, "the remembered mask");
+        assert_eq!(cipher.clone().decrypt_and_mask(&stored), masked, "clones share it");
+        assert_eq!(
+            other.decrypt_and_mask(&stored),
+            MaskedKey::Undecryptable,
+            "another key remembers nothing of this one"
+        );
+
+        for i in 0..=MASK_MEMO_CAP {
+            let _ = cipher.decrypt_and_mask(&format!("not-a-token-{i}"));
+        }
+        let remembered = cipher.masks.lock().unwrap().len();
+        assert!(remembered <= MASK_MEMO_CAP, "{remembered} masks remembered");
+        assert_eq!(cipher.decrypt_and_mask(&stored), masked, "recomputed after a reset");
     }
 
     #[test]
