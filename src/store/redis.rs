@@ -117,6 +117,35 @@ end
 return 0
 "#;
 
+/// The live members (scored at or after ARGV[1]) of the indexes in KEYS
+/// with their entries' values (key: ARGV[2] .. member), in one round trip:
+/// one array per index of member, value pairs (a missing value is nil).
+/// False when the indexes hold more than ARGV[3] live members in all: the
+/// caller then reads them in pages, so the script stays short. It reads
+/// keys that are not in KEYS, so it runs on standalone Redis only.
+const INDEXED_ENTRIES_SCRIPT: &str = r#"
+local budget = tonumber(ARGV[3])
+local out = {}
+for i, index in ipairs(KEYS) do
+  local members = redis.call('ZRANGEBYSCORE', index, ARGV[1], '+inf', 'LIMIT', 0, budget + 1)
+  budget = budget - #members
+  if budget < 0 then
+    return false
+  end
+  local found = {}
+  for _, member in ipairs(members) do
+    found[#found + 1] = member
+    found[#found + 1] = redis.call('GET', ARGV[2] .. member)
+  end
+  out[i] = found
+end
+return out
+"#;
+
+/// Most indexes one [`INDEXED_ENTRIES_SCRIPT`] call reads (each costs a
+/// ZRANGEBYSCORE inside it, while Redis waits).
+const SCRIPT_MAX_INDEXES: usize = 64;
+
 /// Removes at most ARGV[2] members scored at or below ARGV[1]; returns how
 /// many went. One bounded step, repeated by the caller.
 const PRUNE_SCRIPT: &str = r#"
@@ -376,6 +405,7 @@ pub struct RedisAffinityStore {
     count_switch_script: Script,
     renew_lease_script: Script,
     prune_script: Script,
+    indexed_entries_script: Script,
 }
 
 impl RedisAffinityStore {
@@ -391,6 +421,7 @@ impl RedisAffinityStore {
             count_switch_script: Script::from_lua(COUNT_SWITCH_SCRIPT),
             renew_lease_script: Script::from_lua(RENEW_LEASE_SCRIPT),
             prune_script: Script::from_lua(PRUNE_SCRIPT),
+            indexed_entries_script: Script::from_lua(INDEXED_ENTRIES_SCRIPT),
         }
     }
 
@@ -528,17 +559,51 @@ impl RedisAffinityStore {
     async fn read_entries(&self, keys: &[AffinityKey], now: f64) -> Result<Vec<Affinity>, StoreError> {
         let names: Vec<String> = keys.iter().map(|k| self.redis.key(&k.redis_key())).collect();
         let values = self.redis.mget(&names).await?;
-        Ok(keys
-            .iter()
-            .zip(&names)
-            .filter_map(|(key, name)| {
-                let record = AffinityRecord::from_json(values.get(name)?)?;
-                record.is_live(now).then(|| Affinity {
-                    key: key.clone(),
-                    record,
-                })
-            })
-            .collect())
+        Ok(live_entries(
+            keys.iter().zip(&names).map(|(key, name)| (key, values.get(name))),
+            now,
+        ))
+    }
+
+    /// The live members of each index and, when it could read them in the
+    /// same round trip, their entries' values by member. `None` for the
+    /// values on a cluster and for indexes too big for one script call.
+    async fn indexed_members(
+        &self,
+        index_keys: &[String],
+        now: f64,
+    ) -> Result<(Vec<Vec<String>>, Option<HashMap<String, String>>), StoreError> {
+        let client = self.redis.client()?;
+        if !self.redis.clustered && index_keys.len() <= SCRIPT_MAX_INDEXES {
+            let args = vec![now.to_string(), self.redis.key(KEY_PREFIX), BATCH.to_string()];
+            let read: Option<Vec<Vec<Option<String>>>> = self
+                .indexed_entries_script
+                .evalsha_with_reload(client, index_keys.to_vec(), args)
+                .await
+                .map_err(|e| store_error(&e))?;
+            if let Some(per_index) = read {
+                let mut values = HashMap::new();
+                let member_lists = per_index
+                    .into_iter()
+                    .map(|pairs| {
+                        pairs
+                            .chunks_exact(2)
+                            .filter_map(|pair| {
+                                let member = pair[0].clone()?;
+                                if let Some(value) = &pair[1] {
+                                    values.insert(member.clone(), value.clone());
+                                }
+                                Some(member)
+                            })
+                            .collect()
+                    })
+                    .collect();
+                return Ok((member_lists, Some(values)));
+            }
+        }
+        let member_lists =
+            futures::future::try_join_all(index_keys.iter().map(|index| live_members(client, index, now))).await?;
+        Ok((member_lists, None))
     }
 
     fn reconcile_lease_key(&self) -> String {
@@ -661,6 +726,19 @@ fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
 /// a time: a big index (a provider's, at a million entries) never holds
 /// Redis in one long command, and the whole read stays linear (paging by
 /// rank with LIMIT offset re-walks the skipped ranks on every page).
+/// The entries among `(key, stored value)` that parse and are live at `now`.
+fn live_entries<'a>(values: impl Iterator<Item = (&'a AffinityKey, Option<&'a String>)>, now: f64) -> Vec<Affinity> {
+    values
+        .filter_map(|(key, value)| {
+            let record = AffinityRecord::from_json(value?)?;
+            record.is_live(now).then(|| Affinity {
+                key: key.clone(),
+                record,
+            })
+        })
+        .collect()
+}
+
 async fn live_members(client: &Client, index: &str, now: f64) -> Result<Vec<String>, StoreError> {
     let mut members = Vec::new();
     // ZSCAN may return a member twice while the set is rehashed.
@@ -813,8 +891,7 @@ impl AffinityStore for RedisAffinityStore {
     async fn list_indexed(&self, indexes: &[IndexRef], now: f64) -> Result<Vec<Affinity>, StoreError> {
         let client = self.redis.client()?;
         let index_keys: Vec<String> = indexes.iter().map(|i| self.index_key(i)).collect();
-        let member_lists =
-            futures::future::try_join_all(index_keys.iter().map(|index| live_members(client, index, now))).await?;
+        let (member_lists, values) = self.indexed_members(&index_keys, now).await?;
         let mut wanted: BTreeMap<AffinityKey, Vec<usize>> = BTreeMap::new();
         for (position, members) in member_lists.iter().enumerate() {
             for member in members {
@@ -824,7 +901,10 @@ impl AffinityStore for RedisAffinityStore {
             }
         }
         let keys: Vec<AffinityKey> = wanted.keys().cloned().collect();
-        let found = self.read_entries(&keys, now).await?;
+        let found = match values {
+            Some(values) => live_entries(keys.iter().map(|key| (key, values.get(&key.member()))), now),
+            None => self.read_entries(&keys, now).await?,
+        };
         let found_by_key: HashMap<&AffinityKey, &Affinity> = found.iter().map(|a| (&a.key, a)).collect();
         let mut result = Vec::with_capacity(found.len());
         let mut stale: Vec<(String, String)> = Vec::new();
