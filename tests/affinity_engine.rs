@@ -546,6 +546,24 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
         assert_eq!(referenced.len(), ENTRIES, "{}", store.storage_type());
         let providers = store.referenced(TargetKind::Provider, now).await.expect("referenced");
         assert_eq!(providers, vec!["p-big".to_owned()], "{}", store.storage_type());
+
+        // Clearing empties the big indexes too (on Redis, batch by batch).
+        let cleared = store.clear_all(false).await.expect("clear all");
+        assert_eq!(cleared, ENTRIES as u64, "{}", store.storage_type());
+        let providers = store.referenced(TargetKind::Provider, now).await.expect("referenced");
+        assert!(providers.is_empty(), "{}: {providers:?}", store.storage_type());
     }
-    common::redis::cleanup(&common::redis::client().await, &namespace).await;
+    let client = common::redis::client().await;
+    use fred::prelude::*;
+    use futures::TryStreamExt;
+    let indexes_left: Vec<fred::types::Key> = client
+        .scan_buffered(format!("{namespace}aether_control:idx:*"), Some(500), None)
+        .try_collect()
+        .await
+        .expect("scan");
+    assert!(
+        indexes_left.is_empty(),
+        "index sets left after clear-all: {indexes_left:?}"
+    );
+    common::redis::cleanup(&client, &namespace).await;
 }
