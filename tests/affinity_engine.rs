@@ -554,7 +554,6 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
         assert!(providers.is_empty(), "{}: {providers:?}", store.storage_type());
     }
     let client = common::redis::client().await;
-    use fred::prelude::*;
     use futures::TryStreamExt;
     let indexes_left: Vec<fred::types::Key> = client
         .scan_buffered(format!("{namespace}aether_control:idx:*"), Some(500), None)
@@ -565,5 +564,48 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
         indexes_left.is_empty(),
         "index sets left after clear-all: {indexes_left:?}"
     );
+    common::redis::cleanup(&client, &namespace).await;
+}
+
+/// An indexed entry key that holds another type (not Aether's string) is
+/// left out of a per-key listing, as a missing one is; the rest is listed.
+#[tokio::test]
+async fn an_entry_of_another_type_is_skipped_not_an_error() {
+    use aether_control::domain::affinity::{AffinityKey, AffinityTarget, AffinityWrite, IndexRef, now_epoch};
+    use aether_control::store::AffinityStore;
+    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+    use fred::prelude::*;
+
+    let namespace = common::redis::namespace();
+    let redis = RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(2), &namespace)
+        .expect("redis connection");
+    assert!(redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
+    let store = RedisAffinityStore::new(redis, "wrong-type", Duration::from_secs(10));
+    let write = AffinityWrite {
+        target: AffinityTarget {
+            provider_id: "p".into(),
+            endpoint_id: "e".into(),
+            key_id: "k".into(),
+        },
+        model_name: "gm".into(),
+        ttl: Duration::from_secs(300),
+    };
+    let now = now_epoch();
+    let kept = AffinityKey::parse("ak-typed", "CLAUDE", "gm-1").expect("valid key");
+    let replaced = AffinityKey::parse("ak-typed", "OPENAI", "gm-1").expect("valid key");
+    for key in [&kept, &replaced] {
+        store.set(key, &write, now, true).await.expect("set");
+    }
+    let client = common::redis::client().await;
+    let entry = format!("{namespace}{}", replaced.redis_key());
+    let _: i64 = client.del(&entry).await.expect("del");
+    let _: i64 = client.hset(&entry, ("field", "value")).await.expect("hset");
+
+    let listed = store
+        .list_indexed(&[IndexRef::AffinityKey("ak-typed".into())], now)
+        .await
+        .expect("a listing despite the hash");
+    let keys: Vec<&AffinityKey> = listed.iter().map(|a| &a.key).collect();
+    assert_eq!(keys, vec![&kept]);
     common::redis::cleanup(&client, &namespace).await;
 }

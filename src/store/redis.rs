@@ -119,7 +119,8 @@ return 0
 
 /// The live members (scored at or after ARGV[1]) of the indexes in KEYS
 /// with their entries' values (key: ARGV[2] .. member), in one round trip:
-/// one array per index of member, value pairs (a missing value is nil).
+/// one array per index of member, value pairs (a missing value, or a key
+/// of another type, is nil: as MGET answers).
 /// False when the indexes hold more than ARGV[3] live members in all: the
 /// caller then reads them in pages, so the script stays short. It reads
 /// keys that are not in KEYS, so it runs on standalone Redis only.
@@ -134,8 +135,12 @@ for i, index in ipairs(KEYS) do
   end
   local found = {}
   for _, member in ipairs(members) do
+    local value = redis.pcall('GET', ARGV[2] .. member)
+    if type(value) == 'table' then
+      value = false
+    end
     found[#found + 1] = member
-    found[#found + 1] = redis.call('GET', ARGV[2] .. member)
+    found[#found + 1] = value
   end
   out[i] = found
 end
