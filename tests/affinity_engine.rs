@@ -569,6 +569,8 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
 
 /// An indexed entry key that holds another type (not Aether's string) is
 /// left out of a per-key listing, as a missing one is; the rest is listed.
+/// Both read paths: the one-round-trip script, and past its budget ZSCAN +
+/// MGET, where the odd key is alone in its batch.
 #[tokio::test]
 async fn an_entry_of_another_type_is_skipped_not_an_error() {
     use aether_control::domain::affinity::{AffinityKey, AffinityTarget, AffinityWrite, IndexRef, now_epoch};
@@ -601,11 +603,34 @@ async fn an_entry_of_another_type_is_skipped_not_an_error() {
     let _: i64 = client.del(&entry).await.expect("del");
     let _: i64 = client.hset(&entry, ("field", "value")).await.expect("hset");
 
+    let index = [IndexRef::AffinityKey("ak-typed".into())];
     let listed = store
-        .list_indexed(&[IndexRef::AffinityKey("ak-typed".into())], now)
+        .list_indexed(&index, now)
         .await
         .expect("a listing despite the hash");
     let keys: Vec<&AffinityKey> = listed.iter().map(|a| &a.key).collect();
     assert_eq!(keys, vec![&kept]);
+
+    // Another API key with 501 members: over the script's budget of 500.
+    // Keys are read in sorted order, 500 per batch, so the OPENAI one
+    // (sorting last) is read alone. (The listing above pruned the odd
+    // member from its own index, hence a fresh one.)
+    let mut big: Vec<AffinityKey> = (0..500)
+        .map(|i| AffinityKey::parse("ak-typed-big", "CLAUDE", &format!("gm-{i:03}")).expect("valid key"))
+        .collect();
+    let odd = AffinityKey::parse("ak-typed-big", "OPENAI", "gm-1").expect("valid key");
+    big.push(odd.clone());
+    futures::future::try_join_all(big.iter().map(|key| store.set(key, &write, now, true)))
+        .await
+        .expect("set");
+    let entry = format!("{namespace}{}", odd.redis_key());
+    let _: i64 = client.del(&entry).await.expect("del");
+    let _: i64 = client.hset(&entry, ("field", "value")).await.expect("hset");
+    let listed = store
+        .list_indexed(&[IndexRef::AffinityKey("ak-typed-big".into())], now)
+        .await
+        .expect("a listing despite the hash");
+    assert_eq!(listed.len(), 500);
+    assert!(listed.iter().all(|a| a.key != odd));
     common::redis::cleanup(&client, &namespace).await;
 }

@@ -27,9 +27,12 @@ const PBKDF2_ITERATIONS: NonZeroU32 = NonZeroU32::new(100_000).expect("non-zero 
 /// Aether hashes this to get its PBKDF2 salt (`sha256(b"aether-v1")[:16]`).
 const SALT_SEED: &[u8] = b"aether-v1";
 
-/// Most masks a cipher remembers (about 3 MB of ciphertexts at the cap);
-/// past it the memo starts afresh.
+/// Most masks a cipher remembers; past it the memo starts afresh.
 const MASK_MEMO_CAP: usize = 10_000;
+
+/// Longer stored values are not remembered, so the memo stays under about
+/// 5 MB (an API key's stored value is about 200 bytes).
+const MASK_MEMO_MAX_STORED_LEN: usize = 512;
 
 /// Fernet keys are 32 bytes: 16 to sign, then 16 to encrypt.
 const FERNET_KEY_LEN: usize = 32;
@@ -238,7 +241,9 @@ impl KeyCipher {
             }
             Err(_) => MaskedKey::Undecryptable,
         };
-        if let Ok(mut masks) = self.masks.lock() {
+        if stored.len() <= MASK_MEMO_MAX_STORED_LEN
+            && let Ok(mut masks) = self.masks.lock()
+        {
             if masks.len() >= MASK_MEMO_CAP {
                 masks.clear();
             }
@@ -866,6 +871,13 @@ mod tests {
         let remembered = cipher.masks.lock().unwrap().len();
         assert!(remembered <= MASK_MEMO_CAP, "{remembered} masks remembered");
         assert_eq!(cipher.decrypt_and_mask(&stored), masked, "recomputed after a reset");
+
+        let long = "x".repeat(MASK_MEMO_MAX_STORED_LEN + 1);
+        assert_eq!(cipher.decrypt_and_mask(&long), MaskedKey::Undecryptable);
+        assert!(
+            !cipher.masks.lock().unwrap().contains_key(long.as_str()),
+            "too long to keep"
+        );
     }
 
     #[test]

@@ -289,7 +289,12 @@ impl RedisConnection {
         let replies: Vec<(Vec<String>, Vec<Option<String>>)> =
             futures::stream::iter(self.batches(keys.to_vec(), BATCH).into_iter().map(|batch| async move {
                 let got: Vec<Option<String>> = if batch.len() == 1 {
-                    vec![client.get(&batch[0]).await.map_err(|e| store_error(&e))?]
+                    match client.get(&batch[0]).await {
+                        Ok(value) => vec![value],
+                        // MGET answers nil for a key of another type; so does this.
+                        Err(e) if e.details().starts_with("WRONGTYPE") => vec![None],
+                        Err(e) => return Err(store_error(&e)),
+                    }
                 } else {
                     client.mget(batch.clone()).await.map_err(|e| store_error(&e))?
                 };
