@@ -30,8 +30,8 @@ const SALT_SEED: &[u8] = b"aether-v1";
 /// Most masks a cipher remembers; past it the memo starts afresh.
 const MASK_MEMO_CAP: usize = 10_000;
 
-/// Longer stored values are not remembered, so the memo stays under about
-/// 5 MB (an API key's stored value is about 200 bytes).
+/// Longer stored values are not remembered, so a full memo stays under
+/// about 6 MB (an API key's stored value is about 200 bytes).
 const MASK_MEMO_MAX_STORED_LEN: usize = 512;
 
 /// Fernet keys are 32 bytes: 16 to sign, then 16 to encrypt.
