@@ -288,16 +288,8 @@ impl RedisConnection {
         let client = self.client()?;
         let replies: Vec<(Vec<String>, Vec<Option<String>>)> =
             futures::stream::iter(self.batches(keys.to_vec(), BATCH).into_iter().map(|batch| async move {
-                let got: Vec<Option<String>> = if batch.len() == 1 {
-                    match client.get(&batch[0]).await {
-                        Ok(value) => vec![value],
-                        // MGET answers nil for a key of another type; so does this.
-                        Err(e) if e.details().starts_with("WRONGTYPE") => vec![None],
-                        Err(e) => return Err(store_error(&e)),
-                    }
-                } else {
-                    client.mget(batch.clone()).await.map_err(|e| store_error(&e))?
-                };
+                // MGET, also for one key: it answers nil for a key of another type.
+                let got: Vec<Option<String>> = client.mget(batch.clone()).await.map_err(|e| store_error(&e))?;
                 Ok::<_, StoreError>((batch, got))
             }))
             .buffered(MGETS_IN_FLIGHT)
@@ -732,10 +724,6 @@ fn parse_record(text: &str, what: &str) -> Result<AffinityRecord, StoreError> {
     })
 }
 
-/// Live members of one index (unordered), read by ZSCAN about [`BATCH`] at
-/// a time: a big index (a provider's, at a million entries) never holds
-/// Redis in one long command, and the whole read stays linear (paging by
-/// rank with LIMIT offset re-walks the skipped ranks on every page).
 /// The entries among `(key, stored value)` that parse and are live at `now`.
 fn live_entries<'a>(values: impl Iterator<Item = (&'a AffinityKey, Option<&'a String>)>, now: f64) -> Vec<Affinity> {
     values
@@ -749,6 +737,10 @@ fn live_entries<'a>(values: impl Iterator<Item = (&'a AffinityKey, Option<&'a St
         .collect()
 }
 
+/// Live members of one index (unordered), read by ZSCAN about [`BATCH`] at
+/// a time: a big index (a provider's, at a million entries) never holds
+/// Redis in one long command, and the whole read stays linear (paging by
+/// rank with LIMIT offset re-walks the skipped ranks on every page).
 async fn live_members(client: &Client, index: &str, now: f64) -> Result<Vec<String>, StoreError> {
     let mut members = Vec::new();
     // ZSCAN may return a member twice while the set is rehashed.
