@@ -110,6 +110,20 @@ impl World {
     }
 }
 
+/// Redis's process id when it runs on this host (its `process_id` names a
+/// `redis-server` here), for [`HostSample`]; else None.
+async fn local_redis_pid(client: &Client) -> Option<u32> {
+    let info: String = client.custom(cmd!("INFO"), vec!["server"]).await.ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    name.starts_with("redis").then_some(pid)
+}
+
 /// Deletes every key matching `pattern`, a SCAN page at a time (never KEYS).
 async fn unlink_matching(client: &Client, pattern: &str) -> BenchResult<u64> {
     let mut deleted = 0;
@@ -199,6 +213,8 @@ struct Stalls {
     latency: Vec<(String, i64, i64)>,
     /// Commands by total time in the phase: name, calls, µs.
     busiest: Vec<(String, u64, u64)>,
+    /// What the kernel saw in the phase, when Redis runs on this host.
+    host: Option<HostSample>,
 }
 
 impl Stalls {
@@ -228,6 +244,22 @@ impl Stalls {
             .join("; ")
     }
 
+    fn host_text(&self) -> String {
+        let Some(host) = self.host else {
+            return "Redis not on this host".to_owned();
+        };
+        let s = |nanos: u64| format!("{:.2} s", nanos as f64 / 1e9);
+        format!(
+            "main thread {} on CPU, {} waiting for one, preempted {}×; other Redis threads {}; bench {}; steal {}",
+            s(host.main_on_cpu_ns),
+            s(host.main_wait_ns),
+            host.main_preempted,
+            s(host.others_on_cpu_ns),
+            s(host.bench_cpu_ns),
+            s(host.steal_ns)
+        )
+    }
+
     fn busiest_text(&self) -> String {
         self.busiest
             .iter()
@@ -235,6 +267,83 @@ impl Stalls {
             .map(|(name, calls, micros)| format!("{name} {calls}×{:.0} µs", *micros as f64 / (*calls).max(1) as f64))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Kernel counters that tell a command's own cost from the machine's: how
+/// long Redis's main thread ran and waited for a CPU, how often it was
+/// preempted, what Redis's other threads (lazy free, jemalloc) and this
+/// bench ran, and the hypervisor's steal. Read from /proc, so only where
+/// Redis runs on this host; a phase reports the difference of two samples.
+#[derive(Clone, Copy, Debug, Default)]
+struct HostSample {
+    main_on_cpu_ns: u64,
+    main_wait_ns: u64,
+    main_preempted: u64,
+    others_on_cpu_ns: u64,
+    bench_cpu_ns: u64,
+    steal_ns: u64,
+}
+
+/// /proc/stat and /proc/<pid>/stat count in USER_HZ ticks, 100 per second on Linux.
+const NANOS_PER_TICK: u64 = 10_000_000;
+
+impl HostSample {
+    fn read(redis_pid: u32) -> Option<Self> {
+        let read = |path: String| std::fs::read_to_string(path).ok();
+        // schedstat: on-CPU ns, run-queue wait ns, timeslices.
+        let schedstat = |tid: &str| -> Option<(u64, u64)> {
+            let text = read(format!("/proc/{redis_pid}/task/{tid}/schedstat"))?;
+            let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+            Some((fields.next()??, fields.next()??))
+        };
+        let main = redis_pid.to_string();
+        let (main_on_cpu_ns, main_wait_ns) = schedstat(&main)?;
+        let main_preempted = read(format!("/proc/{redis_pid}/task/{main}/status"))?
+            .lines()
+            .find_map(|line| line.strip_prefix("nonvoluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        let mut others_on_cpu_ns = 0;
+        for task in std::fs::read_dir(format!("/proc/{redis_pid}/task")).ok()?.flatten() {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            if tid != main {
+                others_on_cpu_ns += schedstat(&tid).map_or(0, |(on_cpu, _)| on_cpu);
+            }
+        }
+        // utime and stime, fields 14 and 15, counted after the `)` that ends the name.
+        let own = read("/proc/self/stat".to_owned())?;
+        let mut after_name = own.rsplit_once(')')?.1.split_whitespace().skip(11);
+        let bench_ticks = after_name.next()?.parse::<u64>().ok()? + after_name.next()?.parse::<u64>().ok()?;
+        // The first line: cpu user nice system idle iowait irq softirq steal ...
+        let steal_ticks = read("/proc/stat".to_owned())?
+            .lines()
+            .next()?
+            .split_whitespace()
+            .nth(8)?
+            .parse::<u64>()
+            .ok()?;
+        Some(Self {
+            main_on_cpu_ns,
+            main_wait_ns,
+            main_preempted,
+            others_on_cpu_ns,
+            bench_cpu_ns: bench_ticks * NANOS_PER_TICK,
+            steal_ns: steal_ticks * NANOS_PER_TICK,
+        })
+    }
+
+    fn since(self, start: Self) -> Self {
+        Self {
+            main_on_cpu_ns: self.main_on_cpu_ns.saturating_sub(start.main_on_cpu_ns),
+            main_wait_ns: self.main_wait_ns.saturating_sub(start.main_wait_ns),
+            main_preempted: self.main_preempted.saturating_sub(start.main_preempted),
+            // A thread that exited in the phase takes its time with it.
+            others_on_cpu_ns: self.others_on_cpu_ns.saturating_sub(start.others_on_cpu_ns),
+            bench_cpu_ns: self.bench_cpu_ns.saturating_sub(start.bench_cpu_ns),
+            steal_ns: self.steal_ns.saturating_sub(start.steal_ns),
+        }
     }
 }
 
@@ -262,6 +371,9 @@ struct RedisWatch {
     prefix: String,
     saved: Mutex<Vec<(String, String)>>,
     commandstats: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Redis's process id, when that process is on this host.
+    redis_pid: Option<u32>,
+    host_start: Mutex<Option<HostSample>>,
 }
 
 impl RedisWatch {
@@ -315,6 +427,7 @@ impl RedisWatch {
         let _: Value = self.client.custom(cmd!("LATENCY"), vec!["RESET"]).await?;
         let stats = self.commandstats().await?;
         *self.commandstats.lock().map_err(|_| "poisoned")? = stats;
+        *self.host_start.lock().map_err(|_| "poisoned")? = self.redis_pid.and_then(HostSample::read);
         Ok(())
     }
 
@@ -374,6 +487,10 @@ impl RedisWatch {
             })
             .collect();
         stalls.busiest.sort_by_key(|(_, _, micros)| std::cmp::Reverse(*micros));
+        let start = *self.host_start.lock().map_err(|_| "poisoned")?;
+        stalls.host = start
+            .zip(self.redis_pid.and_then(HostSample::read))
+            .map(|(start, end)| end.since(start));
         Ok(stalls)
     }
 }
@@ -418,6 +535,7 @@ const LIST_USER_INDEXED: &str = "ListUserAffinities, api_keys.user_id surely ind
 const DIR_KEYS_OF_USER_INDEXED: &str = "  part: api_keys_of_user, api_keys.user_id surely indexed";
 const CLEAR_PROVIDER_DRY: &str = "ClearProviderAffinities dry_run (N/10 entries)";
 const CLEAR_ALL: &str = "ClearAllAffinities (confirm), end to end";
+const PROBE_AFTER_CLEAR: &str = "  probe: EXISTS for 3 s after clear-all (Redis round trip)";
 
 /// Calls expected to be flat in N (per-user and per-entry / per-page work).
 const FLAT_CALLS: &[&str] = &[
@@ -932,6 +1050,18 @@ async fn measure_size(
     ensure(live == n as u64, || {
         format!("{live} live before clear-all, expected {n}")
     })?;
+    // The control: the same SCAN pages and key batches, counted (EXISTS)
+    // instead of deleted. Stalls here are the machine's, not the freeing's.
+    let counted = phase(
+        watch,
+        &mut stalls,
+        "clear all, dry run (control: nothing freed)",
+        async { Ok(engine.clear_all(true, true).await?) },
+    )
+    .await?;
+    ensure(counted == n as u64, || {
+        format!("clear-all dry run counted {counted}, expected {n}")
+    })?;
     let started = Instant::now();
     let cleared = phase(watch, &mut stalls, "clear all", async {
         Ok(engine.clear_all(true, false).await?)
@@ -943,6 +1073,23 @@ async fn measure_size(
     })?;
     eprintln!("  {CLEAR_ALL}: {:.3} s for {cleared}", elapsed.as_secs_f64());
     calls.push((CLEAR_ALL, Stat::once(elapsed)));
+    // UNLINK leaves the big index sets to Redis's lazy-free thread, which
+    // may still be freeing when the clear returns: a probe checks whether a
+    // command waits on it meanwhile (its key has this run's prefix, so a
+    // stall counts as ours).
+    let probe_key = format!("{namespace}probe");
+    let stat = phase(watch, &mut stalls, "after clear all (lazy free running)", async {
+        measure(PROBE_AFTER_CLEAR, 0, 3000, Duration::from_secs(3), || async {
+            let started = Instant::now();
+            let _: i64 = admin.exists(&probe_key).await?;
+            let elapsed = started.elapsed();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(elapsed)
+        })
+        .await
+    })
+    .await?;
+    calls.push((PROBE_AFTER_CLEAR, stat));
 
     Ok(SizeReport {
         n,
@@ -1006,16 +1153,17 @@ fn print_size(report: &SizeReport) {
         );
     }
     println!(
-        "\n| Phase | SLOWLOG ≥10 ms (ours / others) | Our slow commands | LATENCY LATEST (≥10 ms) | Busiest commands (calls × mean) |\n|---|---:|---|---|---|"
+        "\n| Phase | SLOWLOG ≥10 ms (ours / others) | Our slow commands | LATENCY LATEST (≥10 ms) | Busiest commands (calls × mean) | Kernel counters |\n|---|---:|---|---|---|---|"
     );
     for (phase, stalls) in &report.stalls {
         println!(
-            "| {phase} | {} / {} | {} | {} | {} |",
+            "| {phase} | {} / {} | {} | {} | {} | {} |",
             stalls.ours,
             stalls.others,
             stalls.slow_text(),
             stalls.latency_text(),
-            stalls.busiest_text()
+            stalls.busiest_text(),
+            stalls.host_text()
         );
     }
     println!();
@@ -1184,6 +1332,8 @@ async fn main() -> ExitCode {
         prefix: run_prefix.clone(),
         saved: Mutex::new(Vec::new()),
         commandstats: Mutex::new(BTreeMap::new()),
+        redis_pid: local_redis_pid(&admin).await,
+        host_start: Mutex::new(None),
     };
     let outcome = tokio::select! {
         outcome = run(&sizes, &url, &admin, &watch, &run_prefix) => outcome,
