@@ -262,7 +262,7 @@ async fn upkeep(engine: AffinityEngine, mut stop: watch::Receiver<bool>) {
                 Ok(added) => tracing::info!(added, "indexed affinities written by others"),
                 Err(error) => tracing::debug!(%error, "reconcile deferred"),
             },
-            _ = watch_targets.tick() => if let Err(error) = engine.drop_inactive_bindings().await {
+            _ = watch_targets.tick() => if let Err(error) = engine.watch_targets().await {
                 tracing::debug!(%error, "target watch deferred");
             },
             _ = stop.wait_for(|stopped| *stopped).map(|r| r.is_ok()) => break,

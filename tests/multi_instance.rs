@@ -97,3 +97,54 @@ async fn two_instances_share_events_and_count_clears_exactly() {
     second.stop().await;
     common::redis::cleanup(&common::redis::client().await, &namespace).await;
 }
+
+/// A periodic pass (the reconciler, the target watcher) runs on one instance
+/// per period, on every tick of that instance's schedule; when it stops
+/// ticking, another takes over within a period.
+#[tokio::test]
+async fn one_instance_runs_each_periodic_pass_on_every_tick() {
+    use aether_control::store::AffinityStore;
+    use aether_control::store::memory::MemoryAffinityStore;
+    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+
+    let namespace = common::redis::namespace();
+    let store = |instance: &str| {
+        let connection =
+            RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(1), &namespace).expect("connection");
+        (
+            RedisAffinityStore::new(connection.clone(), instance, Duration::from_secs(10)),
+            connection,
+        )
+    };
+    let (a, connection_a) = store("instance-a");
+    let (b, connection_b) = store("instance-b");
+    assert!(connection_a.wait_connected(Duration::from_secs(5)).await);
+    assert!(connection_b.wait_connected(Duration::from_secs(5)).await);
+
+    let period = Duration::from_millis(500);
+    let mut ticks = tokio::time::interval(period);
+    let mut passes = Vec::new();
+    for _ in 0..4 {
+        ticks.tick().await;
+        let by_a = a.claim_pass("target_watch", period).await.unwrap();
+        let by_b = b.claim_pass("target_watch", period).await.unwrap();
+        passes.push((by_a, by_b));
+    }
+    // A lease as long as the period would still be there at each next tick
+    // (taken a round trip after the tick): `a` would skip every other one.
+    assert_eq!(passes, vec![(true, false); 4], "(a ran, b ran) per tick");
+    // Each task has its own lease.
+    assert!(b.claim_pass("reconcile", period).await.unwrap());
+
+    // `a` stops ticking: `b` takes over within one period.
+    tokio::time::sleep(period).await;
+    assert!(b.claim_pass("target_watch", period).await.unwrap());
+    assert!(!a.claim_pass("target_watch", period).await.unwrap());
+
+    // The memory store is one process's own: every pass runs.
+    let memory = MemoryAffinityStore::new(10);
+    assert!(memory.claim_pass("target_watch", period).await.unwrap());
+    assert!(memory.claim_pass("target_watch", period).await.unwrap());
+
+    common::redis::cleanup(&common::redis::client().await, &namespace).await;
+}

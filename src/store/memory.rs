@@ -296,6 +296,10 @@ impl AffinityStore for MemoryAffinityStore {
         Ok(count)
     }
 
+    async fn claim_pass(&self, _task: &str, _period: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     async fn reconcile(&self, _now: f64) -> Result<u64, StoreError> {
         // Nobody else writes here; reconciling means dropping evicted entries.
         let mut entries = self.lock()?;

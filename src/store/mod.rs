@@ -7,6 +7,7 @@ pub mod memory;
 pub mod redis;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -94,6 +95,13 @@ pub trait AffinityStore: Send + Sync + 'static {
     /// from every instance; on Redis one instance at a time does the work.
     /// Returns how many entries were newly indexed.
     async fn reconcile(&self, now: f64) -> Result<u64, StoreError>;
+
+    /// Claims this period's pass of a periodic `task` (a name such as
+    /// `target_watch`) for this instance: true when no instance ran one in
+    /// most of the last `period`. Every instance ticks; on a shared store
+    /// one of them does each pass. The memory store is one process's own
+    /// and always says yes.
+    async fn claim_pass(&self, task: &str, period: Duration) -> Result<bool, StoreError>;
 }
 
 /// Counters shared by every instance.

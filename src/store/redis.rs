@@ -108,8 +108,21 @@ redis.call('DEL', KEYS[1])
 return old
 "#;
 
-/// Extends the reconcile lease (ARGV[2] ms) only while ARGV[1], this
-/// instance, still holds it: 1 if extended, else 0.
+/// The lease of [`AffinityStore::reconcile`]'s passes.
+const RECONCILE_TASK: &str = "reconcile";
+
+/// How long a periodic task's lease lasts: most of its period. The holder's
+/// next tick, one period after it took the lease, must find it gone, else
+/// every other tick would be skipped and passes would run at half the
+/// configured rate. The tenth (at most 1 s) left over absorbs timer and
+/// round-trip jitter.
+fn lease_millis(period: Duration) -> i64 {
+    let margin = (period / 10).min(Duration::from_secs(1));
+    (period - margin).as_millis().max(1) as i64
+}
+
+/// Extends a lease (ARGV[2] ms) only while ARGV[1], this instance, still
+/// holds it: 1 if extended, else 0.
 const RENEW_LEASE_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -401,7 +414,7 @@ impl HealthProbe for RedisConnection {
 pub struct RedisAffinityStore {
     redis: RedisConnection,
     instance_id: String,
-    reconcile_lease: Duration,
+    reconcile_interval: Duration,
     set_script: Script,
     invalidate_script: Script,
     count_switch_script: Script,
@@ -411,13 +424,14 @@ pub struct RedisAffinityStore {
 }
 
 impl RedisAffinityStore {
-    /// A store over an existing connection. `reconcile_lease` is how long one
-    /// instance holds the reconcile lease (about the reconcile interval).
-    pub fn new(redis: RedisConnection, instance_id: &str, reconcile_lease: Duration) -> Self {
+    /// A store over an existing connection. `reconcile_interval` is how
+    /// often instances call [`AffinityStore::reconcile`]; one of them works
+    /// per interval.
+    pub fn new(redis: RedisConnection, instance_id: &str, reconcile_interval: Duration) -> Self {
         Self {
             redis,
             instance_id: instance_id.to_owned(),
-            reconcile_lease,
+            reconcile_interval,
             set_script: Script::from_lua(SET_SCRIPT),
             invalidate_script: Script::from_lua(INVALIDATE_SCRIPT),
             count_switch_script: Script::from_lua(COUNT_SWITCH_SCRIPT),
@@ -608,23 +622,19 @@ impl RedisAffinityStore {
         Ok((member_lists, None))
     }
 
-    fn reconcile_lease_key(&self) -> String {
-        self.redis.own_key("reconcile:lease")
+    fn lease_key(&self, task: &str) -> String {
+        self.redis.own_key(&format!("{task}:lease"))
     }
 
-    fn reconcile_lease_ms(&self) -> i64 {
-        self.reconcile_lease.as_millis().max(1) as i64
-    }
-
-    /// Takes the reconcile lease if no instance holds it.
-    async fn acquire_reconcile_lease(&self) -> Result<bool, StoreError> {
+    /// Takes `task`'s lease for one pass if no instance holds it.
+    async fn acquire_lease(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
         let acquired: Option<String> = self
             .redis
             .client()?
             .set(
-                self.reconcile_lease_key(),
+                self.lease_key(task),
                 self.instance_id.as_str(),
-                Some(Expiration::PX(self.reconcile_lease_ms())),
+                Some(Expiration::PX(lease_millis(period))),
                 Some(SetOptions::NX),
                 false,
             )
@@ -633,15 +643,15 @@ impl RedisAffinityStore {
         Ok(acquired.is_some())
     }
 
-    /// Extends the reconcile lease by one lease if this instance still holds
-    /// it; false when it expired or another instance holds it.
-    async fn renew_reconcile_lease(&self) -> Result<bool, StoreError> {
+    /// Extends `task`'s lease by one pass if this instance still holds it;
+    /// false when it expired or another instance holds it.
+    async fn renew_lease(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
         let renewed: i64 = self
             .renew_lease_script
             .evalsha_with_reload(
                 self.redis.client()?,
-                vec![self.reconcile_lease_key()],
-                vec![self.instance_id.clone(), self.reconcile_lease_ms().to_string()],
+                vec![self.lease_key(task)],
+                vec![self.instance_id.clone(), lease_millis(period).to_string()],
             )
             .await
             .map_err(|e| store_error(&e))?;
@@ -1068,23 +1078,24 @@ impl AffinityStore for RedisAffinityStore {
     }
 
     async fn reconcile(&self, now: f64) -> Result<u64, StoreError> {
-        if !self.acquire_reconcile_lease().await? {
+        if !self.acquire_lease(RECONCILE_TASK, self.reconcile_interval).await? {
             return Ok(0);
         }
         // An entry indexed with an expiry inside this window is read again:
         // Aether may have refreshed (or switched) it since, and the next pass
-        // comes about one interval (the lease) after this one ends, too late
-        // to keep it listed. Two leases cover the interval plus the pass.
-        let due_before = now + 2.0 * self.reconcile_lease.as_secs_f64();
+        // comes about one interval after this one, too late to keep it
+        // listed. Two intervals cover the interval plus the pass.
+        let due_before = now + 2.0 * self.reconcile_interval.as_secs_f64();
         let mut added = 0;
         let mut renewed = Instant::now();
         let mut pages = self.redis.scan_pages(KEY_PREFIX)?;
         while let Some(names) = pages.try_next().await? {
             added += self.index_unindexed(&names, now, due_before).await?;
-            // The lease spans one interval; a longer pass keeps it only while
-            // it is still ours, and stops if another instance took over.
-            if renewed.elapsed() >= self.reconcile_lease / 3 {
-                if !self.renew_reconcile_lease().await? {
+            // The lease spans most of one interval; a longer pass keeps it
+            // only while it is still ours, and stops if another instance
+            // took over.
+            if renewed.elapsed() >= self.reconcile_interval / 3 {
+                if !self.renew_lease(RECONCILE_TASK, self.reconcile_interval).await? {
                     tracing::warn!(added, "reconcile lease lost mid-pass; stopping this pass");
                     return Ok(added);
                 }
@@ -1093,6 +1104,10 @@ impl AffinityStore for RedisAffinityStore {
         }
         self.prune_expired(&self.all_index(), now).await?;
         Ok(added)
+    }
+
+    async fn claim_pass(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
+        self.acquire_lease(task, period).await
     }
 }
 

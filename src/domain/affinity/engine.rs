@@ -31,6 +31,9 @@ pub const MAX_SWITCHES_PER_MINUTE: u32 = 10_000;
 /// Most ids of each kind a free-text keyword may expand to.
 const KEYWORD_HIT_LIMIT: u64 = 1000;
 
+/// The target watcher's name for [`AffinityStore::claim_pass`].
+const TARGET_WATCH_TASK: &str = "target_watch";
+
 /// Settings the engine reports and runs with.
 #[derive(Clone, Debug)]
 pub struct AffinitySettings {
@@ -389,6 +392,17 @@ impl AffinityEngine {
             invalidated,
             reason,
         })
+    }
+
+    /// The target watcher's periodic pass, run by one instance per
+    /// interval: [`Self::drop_inactive_bindings`] when this instance claims
+    /// the pass, else None (another instance ran it).
+    pub async fn watch_targets(&self) -> Result<Option<HashMap<InvalidationReason, u64>>> {
+        let period = self.settings.target_watch_interval;
+        if !self.stores.affinities.claim_pass(TARGET_WATCH_TASK, period).await? {
+            return Ok(None);
+        }
+        self.drop_inactive_bindings().await.map(Some)
     }
 
     /// One pass of the target watcher: every binding that points at a
