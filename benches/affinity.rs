@@ -124,6 +124,26 @@ async fn local_redis_pid(client: &Client) -> Option<u32> {
     name.starts_with("redis").then_some(pid)
 }
 
+/// Redis's `used_memory` (INFO memory), in bytes.
+async fn used_memory(client: &Client) -> BenchResult<u64> {
+    let info: String = client.custom(cmd!("INFO"), vec!["memory"]).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| "INFO memory: no used_memory".into())
+}
+
+/// How much `used_memory` grew, in all and per entry (the whole server's:
+/// other clients' writes meanwhile would count too).
+fn memory_growth(before: u64, after: u64, entries: usize) -> String {
+    let grown = after.saturating_sub(before);
+    format!(
+        "Redis used_memory +{:.1} MB, {:.0} B per entry",
+        grown as f64 / 1e6,
+        grown as f64 / entries.max(1) as f64
+    )
+}
+
 /// Deletes every key matching `pattern`, a SCAN page at a time (never KEYS).
 async fn unlink_matching(client: &Client, pattern: &str) -> BenchResult<u64> {
     let mut deleted = 0;
@@ -648,6 +668,7 @@ async fn measure_size(
         },
     );
 
+    let memory_before = used_memory(admin).await?;
     let started = Instant::now();
     phase(
         watch,
@@ -657,10 +678,15 @@ async fn measure_size(
     )
     .await?;
     let elapsed = started.elapsed();
+    let memory_loaded = used_memory(admin).await?;
     setup.push((
         "load Redis as Aether (pipelined SET EX)",
         elapsed,
-        format!("{:.0} entries/s", n as f64 / elapsed.as_secs_f64()),
+        format!(
+            "{:.0} entries/s; {}",
+            n as f64 / elapsed.as_secs_f64(),
+            memory_growth(memory_before, memory_loaded, n)
+        ),
     ));
 
     let started = Instant::now();
@@ -676,12 +702,14 @@ async fn measure_size(
     // have started a second pass meanwhile).
     let lease: i64 = admin.del(redis.own_key("reconcile:lease")).await?;
     let lease_note = if lease == 1 { "" } else { "; outlived its 10 s lease" };
+    let memory_indexed = used_memory(admin).await?;
     setup.push((
         "reconcile, first pass (indexes all N)",
         elapsed,
         format!(
-            "{added} indexed, {:.0} entries/s{lease_note}",
-            n as f64 / elapsed.as_secs_f64()
+            "{added} indexed, {:.0} entries/s{lease_note}; our indexes: {}",
+            n as f64 / elapsed.as_secs_f64(),
+            memory_growth(memory_loaded, memory_indexed, n)
         ),
     ));
     let started = Instant::now();
