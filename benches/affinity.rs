@@ -266,7 +266,7 @@ impl Stalls {
 
     fn host_text(&self) -> String {
         let Some(host) = self.host else {
-            return "Redis not on this host".to_owned();
+            return "not read (Redis not on this host, or /proc unreadable)".to_owned();
         };
         let s = |nanos: u64| format!("{:.2} s", nanos as f64 / 1e9);
         format!(
@@ -453,6 +453,8 @@ impl RedisWatch {
 
     /// What was recorded since the last reset.
     async fn report(&self) -> BenchResult<Stalls> {
+        // Before this report's own commands, which are not the phase's.
+        let host_end = self.redis_pid.and_then(HostSample::read);
         let mut stalls = Stalls::default();
         let entries: Value = self.client.custom(cmd!("SLOWLOG"), vec!["GET", "-1"]).await?;
         for entry in entries.into_array() {
@@ -508,9 +510,7 @@ impl RedisWatch {
             .collect();
         stalls.busiest.sort_by_key(|(_, _, micros)| std::cmp::Reverse(*micros));
         let start = *self.host_start.lock().map_err(|_| "poisoned")?;
-        stalls.host = start
-            .zip(self.redis_pid.and_then(HostSample::read))
-            .map(|(start, end)| end.since(start));
+        stalls.host = start.zip(host_end).map(|(start, end)| end.since(start));
         Ok(stalls)
     }
 }
@@ -696,12 +696,12 @@ async fn measure_size(
     .await?;
     let elapsed = started.elapsed();
     ensure(added == n as u64, || format!("reconcile indexed {added} of {n}"))?;
-    // The lease would make the next pass a no-op for 10 s; a steady-state
+    // The lease would make the next pass a no-op for 9 s; a steady-state
     // pass (nothing new) is what the reconciler costs every interval. A
     // lease already gone means the pass outlived it (another instance could
     // have started a second pass meanwhile).
     let lease: i64 = admin.del(redis.own_key("reconcile:lease")).await?;
-    let lease_note = if lease == 1 { "" } else { "; outlived its 10 s lease" };
+    let lease_note = if lease == 1 { "" } else { "; outlived its 9 s lease" };
     let memory_indexed = used_memory(admin).await?;
     setup.push((
         "reconcile, first pass (indexes all N)",
@@ -719,7 +719,7 @@ async fn measure_size(
     .await?;
     let elapsed = started.elapsed();
     let lease: i64 = admin.exists(redis.own_key("reconcile:lease")).await?;
-    let lease_note = if lease == 1 { "" } else { "; outlived its 10 s lease" };
+    let lease_note = if lease == 1 { "" } else { "; outlived its 9 s lease" };
     setup.push((
         "reconcile, steady pass (nothing new)",
         elapsed,

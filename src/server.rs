@@ -87,7 +87,7 @@ struct Stores {
     health: HealthPlan,
 }
 
-/// This instance's name in events and the reconcile lease: the pod name on
+/// This instance's name in events and the periodic passes' leases: the pod name on
 /// Kubernetes, else the process id.
 fn instance_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "aether-control".to_owned());

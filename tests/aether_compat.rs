@@ -154,20 +154,64 @@ async fn entries_aether_wrote_are_indexed_by_the_reconciler_and_cleared() {
     common::redis::cleanup(&redis, &namespace).await;
 }
 
+/// A pass longer than a third of the interval renews its lease; when it ends
+/// the lease must end where the claim put it, not a lease after the last
+/// renewal, or the holder's next tick (one interval on) is skipped.
+#[tokio::test]
+async fn a_long_reconcile_pass_leaves_its_lease_ending_where_the_claim_put_it() {
+    use std::time::Duration;
+
+    use aether_control::domain::affinity::now_epoch;
+    use aether_control::store::AffinityStore;
+    use aether_control::store::redis::RedisAffinityStore;
+
+    let namespace = common::redis::namespace();
+    let redis = common::redis::client().await;
+    let connection = common::redis::store_connection(&namespace).await;
+    // A 600 ms interval: the lease lasts 540 ms, and a pass renews it after
+    // a SCAN page (500 entries, about 90 ms in a debug build) once 200 ms
+    // have passed since the last renewal.
+    let interval = Duration::from_millis(600);
+    const ENTRIES: u64 = 10_000;
+    let store = RedisAffinityStore::new(connection, "long-pass", interval);
+    let now = now_epoch();
+    let value = aether_value("ep-1", &format!("{now:.6}"), &format!("{:.6}", now + 300.0), 1);
+    let pipeline = redis.pipeline();
+    for i in 0..ENTRIES {
+        let key = format!("{namespace}cache_affinity:ak-{i}:OPENAI:gm-1");
+        let _: () = pipeline
+            .set(key, value.as_str(), Some(Expiration::EX(300)), None, false)
+            .await
+            .unwrap();
+    }
+    let _: Vec<Value> = pipeline.all().await.unwrap();
+
+    let started = std::time::Instant::now();
+    assert_eq!(store.reconcile(now).await.unwrap(), ENTRIES);
+    let took = started.elapsed();
+    // The premise: the pass outlasted its lease (so it renewed it).
+    assert!(took > interval, "the pass took only {took:?}");
+    let left: i64 = redis
+        .pttl(format!("{namespace}aether_control:reconcile:lease"))
+        .await
+        .unwrap();
+    assert_eq!(left, -2, "the lease outlived the pass by {left} ms");
+
+    common::redis::cleanup(&redis, &namespace).await;
+}
+
 #[tokio::test]
 async fn the_reconciler_rereads_only_unindexed_or_soon_expiring_entries() {
     use std::time::Duration;
 
     use aether_control::domain::affinity::{IndexRef, now_epoch};
     use aether_control::store::AffinityStore;
-    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+    use aether_control::store::redis::RedisAffinityStore;
 
     let namespace = common::redis::namespace();
     let redis = common::redis::client().await;
-    let connection =
-        RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(1), &namespace).expect("connection");
-    assert!(connection.wait_connected(Duration::from_secs(5)).await);
-    // A 5 s lease: entries indexed to expire within 10 s are read again.
+    let connection = common::redis::store_connection(&namespace).await;
+    // A 5 s interval: entries indexed to expire within 10 s are read again.
     let store = RedisAffinityStore::new(connection, "reconcile-test", Duration::from_secs(5));
     let lease = format!("{namespace}aether_control:reconcile:lease");
     let all = format!("{namespace}aether_control:idx:all");
@@ -198,7 +242,7 @@ async fn the_reconciler_rereads_only_unindexed_or_soon_expiring_entries() {
     write_as_aether("ak-soon", now + 3.0).await;
     write_as_aether("ak-far", now + 300.0).await;
     assert_eq!(store.reconcile(now).await.unwrap(), 2);
-    // The lease holds the next pass off for one interval.
+    // The lease holds the next pass off for most of an interval.
     write_as_aether("ak-new", now + 300.0).await;
     assert_eq!(store.reconcile(now).await.unwrap(), 0);
     assert_eq!(indexed_expiry("ak-new").await, None);

@@ -507,13 +507,11 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
     };
     use aether_control::store::AffinityStore;
     use aether_control::store::memory::MemoryAffinityStore;
-    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+    use aether_control::store::redis::RedisAffinityStore;
 
     const ENTRIES: usize = 1234;
     let namespace = common::redis::namespace();
-    let redis = RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(2), &namespace)
-        .expect("redis connection");
-    assert!(redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
+    let redis = common::redis::store_connection(&namespace).await;
     let stores: [Box<dyn AffinityStore>; 2] = [
         Box::new(MemoryAffinityStore::default()),
         Box::new(RedisAffinityStore::new(redis, "big-index", Duration::from_secs(10))),
@@ -575,13 +573,11 @@ async fn indexes_bigger_than_a_batch_are_read_whole() {
 async fn an_entry_of_another_type_is_skipped_not_an_error() {
     use aether_control::domain::affinity::{AffinityKey, AffinityTarget, AffinityWrite, IndexRef, now_epoch};
     use aether_control::store::AffinityStore;
-    use aether_control::store::redis::{RedisAffinityStore, RedisConnection};
+    use aether_control::store::redis::RedisAffinityStore;
     use fred::prelude::*;
 
     let namespace = common::redis::namespace();
-    let redis = RedisConnection::connect(&common::redis::url(), 2, Duration::from_secs(2), &namespace)
-        .expect("redis connection");
-    assert!(redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
+    let redis = common::redis::store_connection(&namespace).await;
     let store = RedisAffinityStore::new(redis, "wrong-type", Duration::from_secs(10));
     let write = AffinityWrite {
         target: AffinityTarget {

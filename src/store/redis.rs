@@ -115,15 +115,16 @@ const RECONCILE_TASK: &str = "reconcile";
 /// next tick, one period after it took the lease, must find it gone, else
 /// every other tick would be skipped and passes would run at half the
 /// configured rate. The tenth (at most 1 s) left over absorbs timer and
-/// round-trip jitter.
+/// round-trip jitter. A period of 1 ms or less gets none (the service's
+/// are 1 s and longer).
 fn lease_millis(period: Duration) -> i64 {
     let margin = (period / 10).min(Duration::from_secs(1));
     (period - margin).as_millis().max(1) as i64
 }
 
-/// Extends a lease (ARGV[2] ms) only while ARGV[1], this instance, still
-/// holds it: 1 if extended, else 0.
-const RENEW_LEASE_SCRIPT: &str = r#"
+/// Sets a lease to end in ARGV[2] ms (a non-positive time ends it at once)
+/// only while ARGV[1], this instance, still holds it: 1 if set, else 0.
+const LEASE_END_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -418,7 +419,7 @@ pub struct RedisAffinityStore {
     set_script: Script,
     invalidate_script: Script,
     count_switch_script: Script,
-    renew_lease_script: Script,
+    lease_end_script: Script,
     prune_script: Script,
     indexed_entries_script: Script,
 }
@@ -435,7 +436,7 @@ impl RedisAffinityStore {
             set_script: Script::from_lua(SET_SCRIPT),
             invalidate_script: Script::from_lua(INVALIDATE_SCRIPT),
             count_switch_script: Script::from_lua(COUNT_SWITCH_SCRIPT),
-            renew_lease_script: Script::from_lua(RENEW_LEASE_SCRIPT),
+            lease_end_script: Script::from_lua(LEASE_END_SCRIPT),
             prune_script: Script::from_lua(PRUNE_SCRIPT),
             indexed_entries_script: Script::from_lua(INDEXED_ENTRIES_SCRIPT),
         }
@@ -643,15 +644,16 @@ impl RedisAffinityStore {
         Ok(acquired.is_some())
     }
 
-    /// Extends `task`'s lease by one pass if this instance still holds it;
-    /// false when it expired or another instance holds it.
-    async fn renew_lease(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
+    /// Makes `task`'s lease end in `millis` (at once when not positive) if
+    /// this instance still holds it; false when it expired or another
+    /// instance holds it.
+    async fn set_lease_end(&self, task: &str, millis: i64) -> Result<bool, StoreError> {
         let renewed: i64 = self
-            .renew_lease_script
+            .lease_end_script
             .evalsha_with_reload(
                 self.redis.client()?,
                 vec![self.lease_key(task)],
-                vec![self.instance_id.clone(), lease_millis(period).to_string()],
+                vec![self.instance_id.clone(), millis.to_string()],
             )
             .await
             .map_err(|e| store_error(&e))?;
@@ -1078,9 +1080,11 @@ impl AffinityStore for RedisAffinityStore {
     }
 
     async fn reconcile(&self, now: f64) -> Result<u64, StoreError> {
+        let claimed = Instant::now();
         if !self.acquire_lease(RECONCILE_TASK, self.reconcile_interval).await? {
             return Ok(0);
         }
+        let lease = lease_millis(self.reconcile_interval);
         // An entry indexed with an expiry inside this window is read again:
         // Aether may have refreshed (or switched) it since, and the next pass
         // comes about one interval after this one, too late to keep it
@@ -1088,6 +1092,7 @@ impl AffinityStore for RedisAffinityStore {
         let due_before = now + 2.0 * self.reconcile_interval.as_secs_f64();
         let mut added = 0;
         let mut renewed = Instant::now();
+        let mut extended = false;
         let mut pages = self.redis.scan_pages(KEY_PREFIX)?;
         while let Some(names) = pages.try_next().await? {
             added += self.index_unindexed(&names, now, due_before).await?;
@@ -1095,14 +1100,22 @@ impl AffinityStore for RedisAffinityStore {
             // only while it is still ours, and stops if another instance
             // took over.
             if renewed.elapsed() >= self.reconcile_interval / 3 {
-                if !self.renew_lease(RECONCILE_TASK, self.reconcile_interval).await? {
+                if !self.set_lease_end(RECONCILE_TASK, lease).await? {
                     tracing::warn!(added, "reconcile lease lost mid-pass; stopping this pass");
                     return Ok(added);
                 }
                 renewed = Instant::now();
+                extended = true;
             }
         }
         self.prune_expired(&self.all_index(), now).await?;
+        if extended {
+            // A renewal ends the lease after this instance's next tick:
+            // back to where the claim put it (or now, if that has passed),
+            // so that tick is not skipped.
+            let left = lease - claimed.elapsed().as_millis() as i64;
+            self.set_lease_end(RECONCILE_TASK, left).await?;
+        }
         Ok(added)
     }
 

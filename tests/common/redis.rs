@@ -35,3 +35,16 @@ pub async fn cleanup(client: &Client, namespace: &str) {
         let _: i64 = client.del(chunk.to_vec()).await.expect("delete test keys");
     }
 }
+
+/// The service's own Redis connection under `namespace`, connected (2
+/// connections, 2 s command timeout).
+pub async fn store_connection(namespace: &str) -> aether_control::store::redis::RedisConnection {
+    let timeout = std::time::Duration::from_secs(2);
+    let connection = aether_control::store::redis::RedisConnection::connect(&url(), 2, timeout, namespace)
+        .expect("redis connection");
+    assert!(
+        connection.wait_connected(std::time::Duration::from_secs(5)).await,
+        "redis reachable"
+    );
+    connection
+}
