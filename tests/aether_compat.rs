@@ -165,6 +165,7 @@ async fn a_long_reconcile_pass_leaves_its_lease_ending_where_the_claim_put_it() 
     use aether_control::store::AffinityStore;
     use aether_control::store::redis::RedisAffinityStore;
 
+    const ENTRIES: u64 = 10_000;
     let namespace = common::redis::namespace();
     let redis = common::redis::client().await;
     let connection = common::redis::store_connection(&namespace).await;
@@ -172,7 +173,6 @@ async fn a_long_reconcile_pass_leaves_its_lease_ending_where_the_claim_put_it() 
     // a SCAN page (500 entries, about 90 ms in a debug build) once 200 ms
     // have passed since the last renewal.
     let interval = Duration::from_millis(600);
-    const ENTRIES: u64 = 10_000;
     let store = RedisAffinityStore::new(connection, "long-pass", interval);
     let now = now_epoch();
     let value = aether_value("ep-1", &format!("{now:.6}"), &format!("{:.6}", now + 300.0), 1);

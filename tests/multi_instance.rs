@@ -124,15 +124,10 @@ async fn one_instance_runs_each_periodic_pass_on_every_tick() {
     let period = Duration::from_secs(1);
     assert!(a.claim_pass("target_watch", period).await.unwrap());
     let redis = common::redis::client().await;
-    let left: i64 = redis
-        .pttl(format!("{namespace}aether_control:target_watch:lease"))
-        .await
-        .unwrap();
+    let lease = format!("{namespace}aether_control:target_watch:lease");
+    let left: i64 = redis.pttl(&lease).await.unwrap();
     assert!((1..=900).contains(&left), "lease ends in {left} ms");
-    let _: i64 = redis
-        .del(format!("{namespace}aether_control:target_watch:lease"))
-        .await
-        .unwrap();
+    let _: i64 = redis.del(&lease).await.unwrap();
 
     // On the server's schedule, `a` runs on every tick and `b` never beside it.
     let mut ticks = tokio::time::interval(period);

@@ -627,23 +627,6 @@ impl RedisAffinityStore {
         self.redis.own_key(&format!("{task}:lease"))
     }
 
-    /// Takes `task`'s lease for one pass if no instance holds it.
-    async fn acquire_lease(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
-        let acquired: Option<String> = self
-            .redis
-            .client()?
-            .set(
-                self.lease_key(task),
-                self.instance_id.as_str(),
-                Some(Expiration::PX(lease_millis(period))),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(acquired.is_some())
-    }
-
     /// Makes `task`'s lease end in `millis` (at once when not positive) if
     /// this instance still holds it; false when it expired or another
     /// instance holds it.
@@ -1081,7 +1064,7 @@ impl AffinityStore for RedisAffinityStore {
 
     async fn reconcile(&self, now: f64) -> Result<u64, StoreError> {
         let claimed = Instant::now();
-        if !self.acquire_lease(RECONCILE_TASK, self.reconcile_interval).await? {
+        if !self.claim_pass(RECONCILE_TASK, self.reconcile_interval).await? {
             return Ok(0);
         }
         let lease = lease_millis(self.reconcile_interval);
@@ -1120,7 +1103,19 @@ impl AffinityStore for RedisAffinityStore {
     }
 
     async fn claim_pass(&self, task: &str, period: Duration) -> Result<bool, StoreError> {
-        self.acquire_lease(task, period).await
+        let acquired: Option<String> = self
+            .redis
+            .client()?
+            .set(
+                self.lease_key(task),
+                self.instance_id.as_str(),
+                Some(Expiration::PX(lease_millis(period))),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(acquired.is_some())
     }
 }
 
